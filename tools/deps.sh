@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install every Debian 12 package luksforge needs to build, test and demo. Idempotent; needs root.
+set -euo pipefail
+packages=(
+  # build
+  cmake g++ pkg-config make
+  libcryptsetup-dev libblkid-dev libjose-dev libjansson-dev libcurl4-openssl-dev libssl-dev
+  libfmt-dev libcli11-dev libtomlplusplus-dev libsqlite3-dev doctest-dev pybind11-dev python3-dev python3-pybind11
+  # tests and interoperability: real Tang, stock Clevis and cryptsetup
+  python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
+  openssl sqlite3
+  # boot proof (qemu guest with Debian's kernel)
+  qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+# Debian's tang package enables a systemd socket on port 80; luksforge's tests start their own on loopback.
