@@ -110,6 +110,8 @@ struct RekeyResult {
     std::string new_fingerprint;
     // old keyslot id → new keyslot id, for every keyslot that survived. Tokens were reassigned accordingly.
     std::vector<std::pair<int, int>> keyslot_map;
+    // false when the progress callback paused re-encryption; call rekey() again to resume.
+    bool completed = true;
 };
 
 class Volume {

@@ -1,0 +1,80 @@
+// The `luksforge` command: parses with CLI11, runs the chosen subcommand's action and maps luksforge
+// exceptions to the documented exit codes (docs/cli.md).
+#include "commands.hpp"
+#include "common.hpp"
+
+#include <luksforge/error.hpp>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+
+namespace {
+
+void print_error(const std::string& message) {
+    std::string line = message;
+    // One line, always: the library's messages may carry libcryptsetup's embedded newlines.
+    for (char& c : line)
+        if (c == '\n' || c == '\r') c = ' ';
+    std::fprintf(stderr, "luksforge: error: %s\n", line.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace luksforge::cli;
+    CLI::App app{"luksforge: NBDE-ready LUKS2 images with unique volume keys and Clevis bindings", "luksforge"};
+    app.set_version_flag("--version", std::string("luksforge ") + LUKSFORGE_VERSION);
+    app.require_subcommand(1);
+    app.fallthrough(false);
+
+    register_luks_commands(app);
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        if (e.get_exit_code() == 0) return app.exit(e);
+        print_error(e.what());
+        std::fprintf(stderr, "Run with --help for more information.\n");
+        return exit_usage;
+    } catch (const std::exception& e) {
+        print_error(e.what());
+        return exit_usage;
+    }
+
+    try {
+        auto action = chosen_action(app);
+        if (!action) {
+            print_error("no command given");
+            return exit_usage;
+        }
+        return action();
+    } catch (const luksforge::AuthError& e) {
+        print_error(e.what());
+        return exit_auth;
+    } catch (const luksforge::NotFoundError& e) {
+        print_error(e.what());
+        return exit_not_found;
+    } catch (const luksforge::BusyError& e) {
+        print_error(e.what());
+        return exit_busy;
+    } catch (const luksforge::TangError& e) {
+        print_error(e.what());
+        return exit_tang;
+    } catch (const luksforge::FormatError& e) {
+        print_error(e.what());
+        return exit_format;
+    } catch (const CLI::ParseError& e) {
+        print_error(e.what());
+        return exit_usage;
+    } catch (const std::exception& e) {
+        print_error(e.what());
+        return exit_error;
+    }
+}
