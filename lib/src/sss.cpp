@@ -244,6 +244,18 @@ SecretBuffer gcm_open(const SecretBuffer& key, std::string_view aad, std::span<c
     return plaintext;
 }
 
+// A luksforge error's own words: std::system_error::what() appends ": <strerror>", which would repeat once
+// the message is wrapped into another error.
+std::string bare_message(const std::exception& e) {
+    std::string text = e.what();
+    if (const auto* system = dynamic_cast<const std::system_error*>(&e)) {
+        const std::string suffix = ": " + system->code().message();
+        if (text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0)
+            text.resize(text.size() - suffix.size());
+    }
+    return text;
+}
+
 // ---- concurrent child decryption ---------------------------------------------------------------------------
 
 // Ordered by how much a failure says about the JWE: the most telling one decides the exception type.
@@ -284,13 +296,13 @@ void run_child(const std::shared_ptr<DecryptState>& state, std::size_t index, co
         result.share = clevis_decrypt(jwe, options);
         result.ok = true;
     } catch (const AuthError& e) {
-        result.failure = Failure::auth, result.error = e.what();
+        result.failure = Failure::auth, result.error = bare_message(e);
     } catch (const TangError& e) {
-        result.failure = Failure::tang, result.error = e.what();
+        result.failure = Failure::tang, result.error = bare_message(e);
     } catch (const FormatError& e) {
-        result.failure = Failure::format, result.error = e.what();
+        result.failure = Failure::format, result.error = bare_message(e);
     } catch (const std::exception& e) {
-        result.failure = Failure::other, result.error = e.what();
+        result.failure = Failure::other, result.error = bare_message(e);
     } catch (...) {
         result.failure = Failure::other, result.error = "unknown error";
     }
@@ -472,10 +484,11 @@ std::string sss_encrypt(const json_t* config, std::span<const std::uint8_t> secr
         } catch (const Error& e) {
             // Keep the child's exception type; say which child it was.
             const std::string where = "sss: child " + std::to_string(i) + " (" + children[i].first + "): ";
-            if (dynamic_cast<const TangError*>(&e)) throw TangError(where + e.what(), e.code().value());
-            if (dynamic_cast<const FormatError*>(&e)) throw FormatError(where + e.what(), e.code().value());
-            if (dynamic_cast<const AuthError*>(&e)) throw AuthError(where + e.what(), e.code().value());
-            throw Error(e.code().value(), where + e.what());
+            const std::string message = where + bare_message(e);
+            if (dynamic_cast<const TangError*>(&e)) throw TangError(message, e.code().value());
+            if (dynamic_cast<const FormatError*>(&e)) throw FormatError(message, e.code().value());
+            if (dynamic_cast<const AuthError*>(&e)) throw AuthError(message, e.code().value());
+            throw Error(e.code().value(), message);
         }
         json_array_append_new(jwes.get(), json_stringn(child.data(), child.size()));
     }

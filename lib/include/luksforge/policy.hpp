@@ -1,0 +1,100 @@
+// Deployment policy: one TOML file saying what every image must carry — which Tang servers (pinned by
+// thumbprint or by an offline advertisement), how many of them must answer (t of n: one server → the tang pin,
+// several → sss), the volume cipher, the PBKDF of the Clevis keyslot, how much LUKS2 metadata to reserve, and
+// how many instances may share one volume key. The schema is documented in docs/policy.md.
+#pragma once
+
+#include <luksforge/luks.hpp>
+#include <luksforge/pin.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace luksforge {
+
+// One problem found in a policy (or in a volume measured against it).
+struct PolicyProblem {
+    std::string source;       // the policy file's path, or "<policy>" for parsed text
+    std::size_t line = 0;     // 1-based line in the policy; 0 when it belongs to no line (e.g. a volume's state)
+    std::string message;
+    // "FILE:LINE: message" (or "FILE: message" without a line).
+    std::string to_string() const;
+};
+
+struct PolicyTangServer {
+    std::string url;
+    std::optional<std::string> thp;                // pinned signing-key thumbprint (S256 or S1)
+    std::optional<std::filesystem::path> adv;      // offline advertisement (JWS or JWK set), made absolute
+    std::size_t line = 0;                          // where its [[tang]] entry starts
+    std::size_t url_line = 0, thp_line = 0, adv_line = 0;  // where each setting is (0 = not given)
+};
+
+// Estimated size of the LUKS2 metadata a binding made under this policy needs.
+struct TokenEstimate {
+    std::size_t token_bytes = 0;      // the clevis token's JSON
+    std::size_t required_json_bytes = 0;  // token + keyslot + a freshly formatted header's own JSON
+    bool measured = false;            // true when every server's advertisement was available offline and the
+                                      // token was really encrypted to measure it (else a per-server estimate)
+};
+
+class Policy {
+public:
+    // LUKS2 metadata sizes libcryptsetup accepts (binary header + JSON area), in bytes.
+    static constexpr std::uint64_t metadata_sizes[] = {16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10,
+                                                       512 << 10, 1 << 20, 2 << 20, 4 << 20};
+
+    // Parse a policy. A TOML syntax error throws FormatError "FILE:LINE: message"; every other problem
+    // (unknown keys, wrong types, bad values) is recorded and reported by check(). `load` throws NotFoundError
+    // for a missing file. Relative `adv` paths are resolved against the policy file's directory (`base_dir`).
+    static Policy load(const std::filesystem::path& path);
+    static Policy parse(std::string_view toml_text, std::string source = "<policy>",
+                        std::filesystem::path base_dir = std::filesystem::current_path());
+
+    // Every problem, in line order: schema errors, t > n or t < 1, duplicate URLs, malformed thumbprints,
+    // missing or unparsable advertisement files, servers without any trust anchor (unless trust_on_first_use),
+    // and a token that would not fit the metadata size. Reading `adv` files happens here, never the network.
+    std::vector<PolicyProblem> check() const;
+    // Throw FormatError listing every problem (one per line) unless check() is empty.
+    void require_valid() const;
+
+    // --- the policy's content ---------------------------------------------------------------------------------
+    std::string source;                          // file path or "<policy>"
+    std::vector<PolicyTangServer> servers;
+    unsigned threshold = 1;                      // t; defaults to 1 when absent
+    bool trust_on_first_use = false;
+    unsigned max_instances_per_key = 1;          // used by the image pipeline (stamp, audit)
+    std::string cipher = "aes-xts-plain64";      // required volume cipher (format uses it; verify checks it)
+    unsigned key_bits = 512;                     // volume key size in bits (XTS: 512 = AES-256)
+    std::optional<std::uint64_t> metadata_bytes; // LUKS2 metadata size to reserve at format; unset = smallest fit
+    std::optional<std::uint64_t> keyslots_bytes; // LUKS2 keyslots area at format; unset = libcryptsetup default
+    Pbkdf keyslot_pbkdf = Pbkdf::pbkdf2_fast(1000);  // PBKDF of the Clevis keyslot (bind)
+
+    // --- what it means for bind / format / verification --------------------------------------------------------
+    struct Pin {
+        std::string name;                        // "tang" or "sss"
+        std::string config_json;                 // Clevis's config for clevis_encrypt / clevis::bind
+    };
+    Pin pin() const;
+    PinOptions pin_options(const NetworkOptions& network = {}) const;
+    // Cipher, key size, metadata and keyslots area: the explicit sizes, or the smallest metadata size the
+    // estimated binding fits in.
+    FormatOptions format_options() const;
+    TokenEstimate estimate_token() const;
+    // Problems of an existing volume under this policy: cipher, key size, metadata smaller than required,
+    // Clevis keyslots with a weaker PBKDF.
+    std::vector<PolicyProblem> verify_volume(const Volume& volume) const;
+    // Whether a new binding (token + keyslot) fits the volume's metadata as it is now; the problem otherwise.
+    std::optional<PolicyProblem> binding_fits(const Volume& volume) const;
+
+    // Set by parse(): schema problems found while reading the TOML.
+    std::vector<PolicyProblem> parse_problems;
+    // Lines of individual settings, for problems found later (0 = not given in the file).
+    std::size_t threshold_line = 0, metadata_line = 0, keyslots_line = 0, cipher_line = 0, key_bits_line = 0,
+                pbkdf_line = 0, servers_line = 0;
+};
+
+}  // namespace luksforge
