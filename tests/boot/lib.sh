@@ -1,0 +1,145 @@
+# Host-side helpers of the boot proof (sourced by build-artifacts.sh, boot-proof.sh and full-debian.sh).
+# Nothing here touches the network: the guest reaches Tang only through qemu's user-mode guestfwd, which runs
+# tests/boot/tang-fwd (tangd on stdin/stdout) per connection inside the qemu process's own address space.
+
+log() { echo "[boot] $*" >&2; }
+boot_die() { echo "[boot] ERROR: $*" >&2; exit 1; }
+
+boot_cache_dir() { echo "${LUKSFORGE_BOOT_CACHE:-/var/cache/luksforge-boot}"; }
+
+# The directory layout of a merged-/usr Debian system: /bin, /sbin, /lib, /lib64 are links into /usr.
+boot_stage_skeleton() {
+  local stage=$1 d
+  mkdir -p "$stage"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc,proc,sys,dev,run,tmp,root,mnt,job}
+  for d in bin sbin lib lib64; do ln -s "usr/$d" "$stage/$d"; done
+}
+
+# Where a host file lives once symlinked directories are resolved (/lib/x/libc.so.6 -> /usr/lib/x/libc.so.6),
+# keeping the file's own name (sonames are links to versioned files: the soname is what the loader asks for).
+boot_canonical_path() { echo "$(realpath "$(dirname "$1")")/$(basename "$1")"; }
+
+# Copy an ELF program or library and every shared library ldd finds for it into STAGE at canonical paths.
+# With SKIP_LIST (a file of canonical paths already present in the base image) those are left out.
+boot_stage_elf() {
+  local stage=$1 file=$2 dest=${3:-} skip=${4:-} lib canon
+  [[ -n $dest ]] || dest=$(boot_canonical_path "$file")
+  install -D -m 755 "$file" "$stage$dest"
+  while read -r lib; do
+    [[ -n $lib ]] || continue
+    canon=$(boot_canonical_path "$lib")
+    [[ -e $stage$canon ]] && continue
+    if [[ -n $skip ]] && grep -qxF "$canon" "$skip"; then continue; fi
+    install -D -m 755 "$(realpath "$lib")" "$stage$canon"
+  done < <(ldd "$file" | awk '/=>/ && $3 ~ /^\// {print $3} !/=>/ && $1 ~ /^\// {print $1}')
+}
+
+boot_pack_cpio() {
+  (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet)
+}
+
+# Real KVM only when its module is loaded: /dev/kvm alone may be a stand-in that hangs a stock kernel.
+boot_accel() {
+  if grep -qE '^kvm_(intel|amd) ' /proc/modules 2>/dev/null || [[ -d /sys/module/kvm_intel || -d /sys/module/kvm_amd ]]; then
+    echo kvm
+  else
+    echo tcg
+  fi
+}
+
+# A fresh Tang key database in DIR.
+boot_tang_new() {
+  mkdir -p "$1"
+  /usr/libexec/tangd-keygen "$1" >/dev/null
+}
+
+# The advertisement of the Tang database DIR, produced offline: tangd answers one GET /adv on stdin, exactly as it
+# would to a client, so the host never needs a socket to make an offline "adv" for a binding.
+boot_tang_adv() {
+  local db=$1 out=$2 response
+  response=$(printf 'GET /adv HTTP/1.1\r\nHost: tang\r\nConnection: close\r\n\r\n' | /usr/libexec/tangd "$db" 2>/dev/null) \
+    || boot_die "tangd could not produce the advertisement of $db"
+  # The body follows the first empty line of the HTTP response.
+  printf '%s' "$response" | tr -d '\r' | awk 'body {print} /^$/ {body=1}' >"$out"
+  jose fmt -j- -Og payload -u- <"$out" >/dev/null || boot_die "tangd returned no JWS advertisement for $db: $response"
+}
+
+# Boot the guest once.
+#   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--disk IMG]... [--tang IP=DB]...
+# JOBDIR (run.sh and its files) becomes /job in the guest; --cli adds the luksforge CLI (and libraries not in the
+# base image) as /usr/bin/luksforge; disks appear as /dev/vda, /dev/vdb, ... in order; each --tang makes a Tang
+# server with database DB reachable at http://IP (port 80) from the guest. The serial log is WORKDIR/NAME.log.
+# Returns 0 when the guest reached its end marker; the caller checks the individual markers.
+boot_run() {
+  local name=$1 workdir=$2 jobdir=$3 timeout=$4
+  shift 4
+  local cli="" disks=() tangs=() here
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  while (($#)); do
+    case $1 in
+      --cli) cli=$2; shift 2 ;;
+      --disk) disks+=("$2"); shift 2 ;;
+      --tang) tangs+=("$2"); shift 2 ;;
+      *) boot_die "boot_run: unknown option $1" ;;
+    esac
+  done
+  [[ -n ${KERNEL:-} && -n ${BASE_INITRD:-} ]] || boot_die "boot_run: run build-artifacts.sh first (KERNEL/BASE_INITRD unset)"
+  local stage="$workdir/$name.stage" initrd="$workdir/$name.initrd" serial="$workdir/$name.log"
+  rm -rf "$stage"; mkdir -p "$stage/job"
+  cp -a "$jobdir/." "$stage/job/"
+  if [[ -n $cli ]]; then
+    boot_stage_elf "$stage" "$cli" /usr/bin/luksforge "$BASE_MANIFEST"
+  fi
+  # Concatenated newc archives: the kernel unpacks the cached base, then this run's job over it.
+  { cat "$BASE_INITRD"; boot_pack_cpio "$stage"; } >"$initrd"
+  rm -rf "$stage"
+
+  local netdev="user,id=net0,restrict=on" t ip db
+  for t in "${tangs[@]}"; do
+    ip=${t%%=*}; db=${t#*=}
+    [[ $db != *,* && $workdir != *,* ]] || boot_die "no commas allowed in paths handed to qemu: $db"
+    netdev+=",guestfwd=tcp:$ip:80-cmd:$here/tang-fwd $db $workdir/tangd-$ip.log"
+  done
+  local accel cpu
+  accel=$(boot_accel)
+  if [[ $accel == kvm ]]; then cpu=host; else cpu=max; fi
+  local args=(-machine "q35,accel=$accel" -cpu "$cpu" -m 1024 -smp 1 -nographic -no-reboot -nodefaults
+              -serial stdio -monitor none
+              -kernel "$KERNEL" -initrd "$initrd"
+              -append "console=ttyS0 panic=-1 loglevel=1 rdinit=/init"
+              -netdev "$netdev" -device virtio-net-pci,netdev=net0,romfile=
+              -device virtio-rng-pci)
+  local d
+  for d in "${disks[@]}"; do
+    args+=(-drive "file=$d,format=raw,if=virtio,cache=unsafe")
+  done
+  log "booting $name ($accel, ${#disks[@]} disk(s), ${#tangs[@]} tang server(s))"
+  local start=$SECONDS rc=0
+  timeout --kill-after=10 "$timeout" qemu-system-x86_64 "${args[@]}" </dev/null >"$serial" 2>"$workdir/$name.qemu.err" || rc=$?
+  rm -f "$initrd"
+  log "$name finished in $((SECONDS - start)) s (qemu exit $rc)"
+  if ((rc == 124 || rc == 137)); then
+    log "$name: TIMEOUT after $timeout s"
+  fi
+  grep -q '^LFB-BOOT-END' <(tr -d '\r' <"$serial")
+}
+
+# Marker lookups in a serial log (carriage returns stripped).
+boot_check_status() {  # LOG NAME -> PASS, FAIL or MISSING
+  local s
+  s=$(tr -d '\r' <"$1" | awk -v n="$2" '$1 == "LFB-CHECK" && $2 == n {print $3; exit}')
+  echo "${s:-MISSING}"
+}
+boot_check_got() {  # LOG NAME -> ok, fail or nothing
+  tr -d '\r' <"$1" | awk -v n="$2" '$1 == "LFB-CHECK" && $2 == n {sub("got=", "", $5); print $5; exit}'
+}
+boot_value() {  # LOG NAME -> value
+  tr -d '\r' <"$1" | awk -v n="$2" '$1 == "LFB-VALUE" && $2 == n {print $3; exit}'
+}
+boot_log_excerpt() {  # LOG [NAME]: what a failure report shows
+  local lines
+  if [[ -n ${2:-} ]]; then
+    lines=$(tr -d '\r' <"$1" | grep -E "^LFB-(CHECK|LOG) $2[ |]" || true)
+    [[ -n $lines ]] && { echo "$lines" | sed 's/^/    /'; return; }
+  fi
+  tr -d '\r' <"$1" | tail -n 40 | sed 's/^/    /'
+}
