@@ -1,0 +1,33 @@
+// The pin dispatcher behind clevis_encrypt/clevis_decrypt: parse the config or the JWE's protected header and
+// hand over to the pin it names (tang, sss). sss calls back in here for its children, so pins nest.
+#include "jose_util.hpp"
+#include "json_util.hpp"
+#include "pins.hpp"
+
+#include <luksforge/error.hpp>
+#include <luksforge/pin.hpp>
+
+namespace luksforge {
+
+std::string clevis_encrypt(std::string_view pin, std::string_view config_json, std::span<const std::uint8_t> secret,
+                           const PinOptions& options) {
+    detail::JsonPtr config = detail::json_parse(config_json, "pin configuration");
+    if (!json_is_object(config.get())) throw FormatError("pin configuration must be a JSON object");
+    if (secret.empty()) throw FormatError("refusing to encrypt an empty secret");
+    if (pin == "tang") return detail::tang_encrypt(config.get(), secret, options);
+    if (pin == "sss") return detail::sss_encrypt(config.get(), secret, options);
+    throw FormatError("unknown pin '" + std::string(pin) + "' (supported: tang, sss)");
+}
+
+SecretBuffer clevis_decrypt(std::string_view compact_jwe, const PinOptions& options) {
+    const detail::CompactJwe jwe = detail::split_compact_jwe(compact_jwe);
+    detail::JsonPtr header = detail::decode_b64_json(jwe.protected_b64(), "JWE protected header");
+    const json_t* pin = json_object_get(json_object_get(header.get(), "clevis"), "pin");
+    if (!json_is_string(pin)) throw FormatError("JWE protected header has no clevis.pin: not a Clevis JWE");
+    const std::string_view name = json_string_value(pin);
+    if (name == "tang") return detail::tang_decrypt(compact_jwe, header.get(), options);
+    if (name == "sss") return detail::sss_decrypt(compact_jwe, header.get(), options);
+    throw FormatError("unsupported pin '" + std::string(name) + "' in JWE (supported: tang, sss)");
+}
+
+}  // namespace luksforge
