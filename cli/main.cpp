@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
     app.fallthrough(false);
 
     register_luks_commands(app);
+    register_image_commands(app);
 
     try {
         app.parse(argc, argv);

@@ -1,0 +1,262 @@
+// Image pipeline subcommands: probe, seal, stamp, clone, audit.
+#include "commands.hpp"
+#include "common.hpp"
+
+#include <luksforge/error.hpp>
+#include <luksforge/image.hpp>
+#include <luksforge/ledger.hpp>
+#include <luksforge/pipeline.hpp>
+#include <luksforge/policy.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace luksforge::cli {
+namespace {
+
+std::optional<int> partition_of(int number) { return number > 0 ? std::optional<int>(number) : std::nullopt; }
+
+// Exit code of `audit` when a key is shared beyond the limit and --strict was given.
+constexpr int exit_shared_keys = 8;
+
+void write_report(const std::string& path, const std::string& json) {
+    if (path.empty()) return;
+    if (path == "-") {
+        print_json(json);
+        return;
+    }
+    std::ofstream out(path, std::ios::trunc);
+    if (!out) throw Error(errno, "cannot write report " + path);
+    out << json << "\n";
+    if (!out.flush()) throw Error(EIO, "cannot write report " + path);
+}
+
+void register_probe(CLI::App& app) {
+    struct Options {
+        std::string image;
+        bool json = false;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand("probe", "Show an image's partition table, partitions and LUKS volumes");
+    cmd->add_option("IMAGE", opts->image, "Disk image, bare LUKS file or block device")->required();
+    cmd->add_flag("--json", opts->json, "Print JSON");
+    set_action(*cmd, [opts] {
+        ImageProbe probe = probe_image(opts->image);
+        if (opts->json) {
+            print_json(probe.to_json());
+            return 0;
+        }
+        std::printf("%s: %s, %llu bytes\n", probe.path.c_str(), probe.block_device ? "block device" : "file",
+                    static_cast<unsigned long long>(probe.size_bytes));
+        if (probe.luks_version) {
+            std::printf("bare LUKS%d volume, UUID %s\n", *probe.luks_version, probe.luks_uuid.c_str());
+            return 0;
+        }
+        if (probe.table.empty()) {
+            std::printf("no partition table and no LUKS header\n");
+            return 0;
+        }
+        std::printf("partition table: %s (%s)\n", probe.table.c_str(), probe.table_uuid.c_str());
+        std::printf("%-4s %12s %12s  %-36s  %s\n", "#", "offset", "size", "type", "contents");
+        for (const Partition& p : probe.partitions) {
+            std::string contents = p.luks_version ? "LUKS" + std::to_string(*p.luks_version) + " " + p.luks_uuid : "";
+            if (!p.name.empty()) contents += (contents.empty() ? "" : "  ") + std::string("name=") + p.name;
+            std::printf("%-4d %12llu %12llu  %-36s  %s\n", p.number, static_cast<unsigned long long>(p.offset_bytes),
+                        static_cast<unsigned long long>(p.size_bytes), p.type.c_str(), contents.c_str());
+        }
+        return 0;
+    });
+}
+
+void register_seal(CLI::App& app) {
+    struct Options {
+        std::string image, policy, report, ledger;
+        SecretOption build;
+        int partition = 0;
+        bool no_ledger = false, quiet = false;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand(
+        "seal",
+        "Re-key an image to a fresh volume key, bind the policy's pin, verify it through Tang, then remove the "
+        "build passphrase (crash-safe: rerun to finish an interrupted seal)");
+    cmd->add_option("IMAGE", opts->image, "Whole-disk image, bare LUKS file or block device")->required();
+    cmd->add_option("--policy", opts->policy, "Policy file (TOML): the pin to bind")->required();
+    add_secret_option(*cmd, opts->build, "build-passphrase", "The build passphrase (removed once the binding works)",
+                      true);
+    cmd->add_option("--report", opts->report, "Write the JSON report to FILE ('-' = stdout)");
+    cmd->add_option("--partition", opts->partition, "The LUKS2 partition to seal when there are several")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_flag("--no-ledger", opts->no_ledger, "Do not record the sealed key in a ledger");
+    cmd->add_flag("-q,--quiet", opts->quiet, "No progress messages");
+    set_action(*cmd, [opts] {
+        Policy policy = Policy::load(opts->policy);
+        policy.require_valid();
+        SealOptions options;
+        Policy::Pin pin = policy.pin();
+        options.binding = {pin.name, pin.config_json};
+        options.policy = policy_source(opts->policy);
+        options.partition = partition_of(opts->partition);
+        options.pin_options = policy.pin_options();
+        options.keyslot_pbkdf = policy.keyslot_pbkdf;
+        if (!opts->no_ledger) options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        auto bar = std::make_shared<ProgressBar>("re-encrypting");
+        if (!opts->quiet) {
+            options.on_step = [](const std::string& step) { std::fprintf(stderr, "seal: %s\n", step.c_str()); };
+            options.on_progress = [bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); };
+        }
+        SecretBuffer build = opts->build.read("build passphrase");
+        SealReport report = seal(opts->image, build, options);
+        bar->finish();
+        write_report(opts->report, report.to_json());
+        if (report.already_sealed)
+            std::fprintf(stderr, "%s is already sealed (keyslot %d, verified through Tang)\n", report.image.c_str(),
+                         report.keyslot);
+        else
+            std::fprintf(stderr, "sealed %s: keyslot %d bound to %s and verified; build passphrase removed\n",
+                         report.image.c_str(), report.keyslot, report.pin.c_str());
+        return 0;
+    });
+}
+
+void register_stamp(CLI::App& app) {
+    struct Options {
+        std::string base, out, ledger, policy, report;
+        std::size_t count = 0;
+        int partition = 0;
+        bool drop_other_keyslots = false, json = false;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand(
+        "stamp", "Make N instance images of a sealed base, each with its own volume key, passphrase and binding");
+    cmd->add_option("BASE", opts->base, "The sealed base image")->required();
+    cmd->add_option("--count", opts->count, "Number of instances")->required()->check(CLI::Range(1, 9999));
+    cmd->add_option("--out", opts->out, "Output directory (instances are named <base stem>-0001.img, ...)")->required();
+    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_option("--policy", opts->policy,
+                    "Policy: bind instances to its pin and enforce its max_instances_per_key (default: the base "
+                    "binding's own servers, at most 1 image per key)");
+    cmd->add_option("--partition", opts->partition, "The LUKS2 partition when there are several")
+        ->check(CLI::PositiveNumber);
+    cmd->add_flag("--drop-other-keyslots", opts->drop_other_keyslots,
+                  "Drop keyslots of the base other than its Clevis binding");
+    cmd->add_option("--report", opts->report, "Write the JSON report to FILE ('-' = stdout)");
+    cmd->add_flag("--json", opts->json, "Print the JSON report on stdout");
+    set_action(*cmd, [opts] {
+        StampOptions options;
+        options.partition = partition_of(opts->partition);
+        options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        options.drop_other_keyslots = opts->drop_other_keyslots;
+        if (!opts->policy.empty()) {
+            Policy policy = Policy::load(opts->policy);
+            policy.require_valid();
+            Policy::Pin pin = policy.pin();
+            options.binding = PinBinding{pin.name, pin.config_json};
+            options.policy = policy_source(opts->policy);
+            options.max_instances_per_key = policy.max_instances_per_key;
+            options.pin_options = policy.pin_options();
+            options.keyslot_pbkdf = policy.keyslot_pbkdf;
+        }
+        options.on_instance = [](const std::filesystem::path& image, std::size_t index, std::size_t count) {
+            std::fprintf(stderr, "stamp: %zu/%zu %s\n", index + 1, count, image.c_str());
+        };
+        StampReport report = stamp(opts->base, opts->count, opts->out, options);
+        write_report(opts->report, report.to_json());
+        if (opts->json) print_json(report.to_json());
+        return 0;
+    });
+}
+
+void register_clone(CLI::App& app) {
+    struct Options {
+        std::string base, out, ledger, policy;
+        int partition = 0;
+        unsigned max_per_key = 0;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand(
+        "clone", "Copy an image keeping its volume key, refused when the ledger already holds the allowed number");
+    cmd->add_option("BASE", opts->base, "The image to copy")->required();
+    cmd->add_option("OUT", opts->out, "The new image (must not exist)")->required();
+    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_option("--policy", opts->policy, "Policy whose max_instances_per_key applies (default 1)");
+    cmd->add_option("--max-per-key", opts->max_per_key, "Override the maximum images per volume key")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--partition", opts->partition, "The LUKS2 partition when there are several")
+        ->check(CLI::PositiveNumber);
+    set_action(*cmd, [opts] {
+        CloneOptions options;
+        options.partition = partition_of(opts->partition);
+        options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        if (!opts->policy.empty()) {
+            Policy policy = Policy::load(opts->policy);
+            options.max_instances_per_key = policy.max_instances_per_key;
+            options.policy = policy_source(opts->policy);
+        }
+        if (opts->max_per_key > 0) options.max_instances_per_key = opts->max_per_key;
+        try {
+            StampedInstance clone = clone_image(opts->base, opts->out, options);
+            std::fprintf(stderr, "cloned %s to %s (volume key %s...)\n", opts->base.c_str(), clone.image.c_str(),
+                         clone.fingerprint.substr(0, 16).c_str());
+        } catch (const LimitError& e) {
+            std::fprintf(stderr, "luksforge: error: %s\n", e.what());
+            return exit_shared_keys;
+        }
+        return 0;
+    });
+}
+
+void register_audit(CLI::App& app) {
+    struct Options {
+        std::vector<std::string> paths;
+        std::string ledger, policy;
+        unsigned max_per_key = 0;
+        bool json = false, recursive = false, strict = false;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand(
+        "audit", "Group images and devices by volume-key fingerprint and flag keys shared beyond the limit");
+    cmd->add_option("PATH", opts->paths, "Image files, block devices or directories (their files are scanned)")
+        ->required();
+    cmd->add_flag("--json", opts->json, "Print JSON");
+    cmd->add_option("--max-per-key", opts->max_per_key, "Images allowed per volume key (default 1, or the policy's)")
+        ->check(CLI::PositiveNumber);
+    cmd->add_option("--policy", opts->policy, "Take the limit from this policy's max_instances_per_key");
+    cmd->add_option("--ledger", opts->ledger, "Show what this ledger recorded for each key");
+    cmd->add_flag("-r,--recursive", opts->recursive, "Descend into subdirectories");
+    cmd->add_flag("--strict", opts->strict,
+                  "Exit with code " + std::to_string(exit_shared_keys) + " when a key is shared beyond the limit");
+    set_action(*cmd, [opts] {
+        AuditOptions options;
+        if (!opts->policy.empty()) options.max_per_key = Policy::load(opts->policy).max_instances_per_key;
+        if (opts->max_per_key > 0) options.max_per_key = opts->max_per_key;
+        if (!opts->ledger.empty()) options.ledger = opts->ledger;
+        options.recursive = opts->recursive;
+        std::vector<std::filesystem::path> paths(opts->paths.begin(), opts->paths.end());
+        AuditReport report = audit(paths, options);
+        if (opts->json)
+            print_json(report.to_json());
+        else
+            std::fputs(report.to_text().c_str(), stdout);
+        return opts->strict && report.flagged_groups() > 0 ? exit_shared_keys : 0;
+    });
+}
+
+}  // namespace
+
+void register_image_commands(CLI::App& app) {
+    register_probe(app);
+    register_seal(app);
+    register_stamp(app);
+    register_clone(app);
+    register_audit(app);
+}
+
+}  // namespace luksforge::cli

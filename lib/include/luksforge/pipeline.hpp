@@ -1,0 +1,191 @@
+// The image pipeline: turn a built image (one LUKS2 volume key shared by every copy) into NBDE images that each
+// carry their own volume key and a verified Clevis binding.
+//
+//   seal   re-key an image to a fresh volume key, bind the policy's pin, prove through the real Tang servers
+//          that the binding opens the volume, and only then remove the build passphrase. Crash-safe: a small
+//          state record lives IN the LUKS2 header (a keyslot-less token of type "luksforge-seal"); every
+//          header write is atomic, and rerunning seal finishes from wherever it stopped.
+//   stamp  N instances of a sealed base image, each with its own volume key, keyslot passphrase and binding.
+//   clone  a plain (sparse) copy that keeps the volume key, counted against the policy's limit in the ledger.
+//   audit  group images and devices by volume-key fingerprint and flag keys shared beyond the limit.
+//
+// Test-only hook: when the environment variable LUKSFORGE_CRASH_AT names a seal step (see seal_crash_points()),
+// the process kills itself with SIGKILL at that point. It exists so tests can prove crash recovery
+// deterministically; it never changes behaviour when unset.
+#pragma once
+
+#include <luksforge/luks.hpp>
+#include <luksforge/pin.hpp>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace luksforge {
+
+// A Clevis pin and its configuration, e.g. {"tang", R"({"url":"http://...","thp":"..."})"}.
+struct PinBinding {
+    std::string pin;
+    std::string config_json;
+};
+
+// Where a pipeline's policy came from, for reports and the ledger.
+struct PolicySource {
+    std::filesystem::path path;       // empty when none
+    std::string sha256;               // SHA-256 (hex) of the policy file's bytes
+};
+// Read `path` and hash it.
+PolicySource policy_source(const std::filesystem::path& path);
+
+// One Tang server a binding depends on, read from the binding's JWE.
+struct TangServer {
+    std::string url;
+    std::string exchange_thumbprint;                  // the JWE's "kid" (S256 of the exchange key)
+    std::vector<std::string> signing_thumbprints;     // S256 of the advertisement's verify keys
+};
+
+// --- seal -----------------------------------------------------------------------------------------------------
+
+struct SealOptions {
+    PinBinding binding;
+    PolicySource policy;
+    std::optional<int> partition;                     // required when the image holds several LUKS2 partitions
+    PinOptions pin_options;
+    Pbkdf keyslot_pbkdf = Pbkdf::pbkdf2_fast(1000);   // for the binding's random 320-bit passphrase
+    // Record the sealed volume key in this ledger (nullopt: no ledger).
+    std::optional<std::filesystem::path> ledger;
+    // Called with each step's name as it starts ("rekey", "bind", "verify", "remove-build-passphrase").
+    std::function<void(const std::string&)> on_step;
+    // Re-encryption progress.
+    std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
+};
+
+struct SealReport {
+    std::string image;
+    std::optional<int> partition;
+    std::string uuid;
+    bool already_sealed = false;      // nothing to do: sealed earlier
+    std::string resumed_from;         // the step an interrupted seal was resumed at; empty for a fresh run
+    std::string fingerprint_before;
+    std::string fingerprint_after;
+    std::string pin;
+    std::string pin_config;
+    std::vector<TangServer> servers;
+    int keyslot = -1;                 // the binding's keyslot
+    int token = -1;                   // the binding's token
+    std::vector<int> removed_keyslots;
+    std::vector<std::string> checks_passed;
+    std::vector<std::pair<std::string, double>> timings_seconds;  // per step
+    PolicySource policy;
+    std::string finished_at;          // UTC ISO 8601
+
+    std::string to_json() const;
+};
+
+// Seal the LUKS2 volume of `image` (bare LUKS file, whole-disk image or block device). `build_passphrase`
+// must open a keyslot (until seal removes it). Throws AuthError (build passphrase opens nothing and the image
+// is not sealed), TangError (the binding could not be made or verified: the build passphrase still works),
+// FormatError, BusyError.
+SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_passphrase, const SealOptions& options);
+
+// The step names LUKSFORGE_CRASH_AT accepts, in the order seal reaches them.
+std::vector<std::string> seal_crash_points();
+
+// --- stamp and clone ------------------------------------------------------------------------------------------
+
+struct StampOptions {
+    std::optional<int> partition;
+    // Bind each instance to this pin; by default the base binding's own pins (servers and advertisements as
+    // recorded in its JWE, like `clevis luks regen`).
+    std::optional<PinBinding> binding;
+    PolicySource policy;
+    // At most this many images may share one volume key (checked and recorded atomically in the ledger).
+    std::uint64_t max_instances_per_key = 1;
+    std::optional<std::filesystem::path> ledger;
+    PinOptions pin_options;
+    Pbkdf keyslot_pbkdf = Pbkdf::pbkdf2_fast(1000);
+    // Drop keyslots of the base other than its clevis binding (they cannot follow the new volume key).
+    bool drop_other_keyslots = false;
+    std::function<void(const std::filesystem::path& instance, std::size_t index, std::size_t count)> on_instance;
+};
+
+struct StampedInstance {
+    std::filesystem::path image;
+    std::string uuid;
+    std::string fingerprint;
+    int keyslot = -1;
+    int token = -1;
+};
+
+struct StampReport {
+    std::string base;
+    std::string base_fingerprint;
+    std::vector<StampedInstance> instances;
+    std::string to_json() const;
+};
+
+// Write `count` instances of the sealed `base` into `out_dir` (created if missing) as
+// `<base stem>-0001.img`, `-0002`, ... continuing after the highest number already there. Each is a sparse
+// copy created 0600, re-keyed with the base binding's passphrase (recovered through Tang), bound to its own
+// fresh passphrase and token, verified through Tang, and stripped of the inherited keyslot. An instance is
+// written under a hidden temporary name and renamed only when complete.
+StampReport stamp(const std::filesystem::path& base, std::size_t count, const std::filesystem::path& out_dir,
+                  const StampOptions& options);
+
+struct CloneOptions {
+    std::optional<int> partition;
+    PolicySource policy;
+    std::uint64_t max_instances_per_key = 1;
+    std::optional<std::filesystem::path> ledger;
+};
+// A sparse 0600 copy that keeps the volume key; refused (LimitError, nothing written) when the ledger already
+// holds max_instances_per_key images with the key. Records the base as well when the ledger does not know it.
+StampedInstance clone_image(const std::filesystem::path& base, const std::filesystem::path& out,
+                            const CloneOptions& options);
+
+// Copy `source` to a new file `destination` (mode 0600, must not exist) keeping holes: only the data extents
+// (SEEK_DATA/SEEK_HOLE) are copied, with copy_file_range where the filesystem allows.
+void copy_sparse(const std::filesystem::path& source, const std::filesystem::path& destination);
+
+// --- audit ----------------------------------------------------------------------------------------------------
+
+struct AuditOptions {
+    std::uint64_t max_per_key = 1;
+    std::optional<std::filesystem::path> ledger;      // annotate each key with what the ledger knows
+    bool recursive = false;                           // descend into subdirectories
+};
+
+struct AuditedVolume {
+    std::string image;
+    std::optional<int> partition;
+    int luks_version = 2;
+    std::string uuid;
+    std::string fingerprint;
+};
+
+struct AuditGroup {
+    std::string fingerprint;
+    std::vector<AuditedVolume> members;
+    bool flagged = false;                             // members.size() > max_per_key
+    std::optional<std::uint64_t> ledger_instances;    // distinct images the ledger recorded with this key
+    std::vector<std::string> ledger_images;
+};
+
+struct AuditReport {
+    std::uint64_t max_per_key = 1;
+    std::vector<AuditedVolume> volumes;
+    std::vector<AuditGroup> groups;                   // largest first
+    std::vector<std::pair<std::string, std::string>> skipped;  // path, reason
+    std::size_t flagged_groups() const;
+    std::string to_json() const;
+    std::string to_text() const;
+};
+
+// Each path is an image file, a block device or a directory (its regular files are scanned).
+AuditReport audit(const std::vector<std::filesystem::path>& paths, const AuditOptions& options);
+
+}  // namespace luksforge
