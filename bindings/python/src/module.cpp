@@ -1,0 +1,13 @@
+// The `_luksforge` extension: one registration function per library area (see bindings.hpp). The package
+// `luksforge` (luksforge/__init__.py) re-exports it.
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_luksforge, m) {
+    using namespace luksforge::python;
+    m.doc() = "luksforge: NBDE-ready LUKS2 images — unique volume keys and Clevis (tang, sss) bindings.";
+    m.attr("__version__") = LUKSFORGE_VERSION;
+    register_errors(m);
+    register_secrets(m);
+    register_luks(m);
+    register_pins(m);
+}

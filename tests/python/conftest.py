@@ -1,0 +1,148 @@
+"""Shared fixtures for the luksforge pytest suites: small image files, a real Tang server on loopback, and
+helpers to run stock tools (cryptsetup, clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which
+puts the build-tree luksforge package on PYTHONPATH."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import luksforge
+
+SOURCE_DIR = Path(os.environ.get("LUKSFORGE_SOURCE_DIR", Path(__file__).resolve().parents[2]))
+BINARY_DIR = Path(os.environ["LUKSFORGE_BINARY_DIR"]) if "LUKSFORGE_BINARY_DIR" in os.environ else None
+FAST = luksforge.Pbkdf.pbkdf2_fast(1000)  # test keyslots: cheap and without benchmark
+IMAGE_BYTES = 32 << 20
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Under ctest a skipped test is a test that could not fail: make it fail the run instead.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if os.environ.get("LUKSFORGE_NO_SKIPS") and reporter is not None and reporter.stats.get("skipped"):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def run(*args, input=None, check=True, **kwargs):
+    """Run a command, returning CompletedProcess with text output; raise with its stderr on failure."""
+    result = subprocess.run([str(a) for a in args], input=input, capture_output=True, check=False, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}: "
+                             f"{result.stderr.decode(errors='replace') if isinstance(result.stderr, bytes) else result.stderr}")
+    return result
+
+
+def cryptsetup_accepts(image, passphrase: bytes, slot: int) -> bool:
+    """Whether stock cryptsetup opens keyslot `slot` of `image` with `passphrase` (no device-mapper needed)."""
+    result = run("cryptsetup", "open", "--test-passphrase", "--key-slot", slot, "--key-file", "-", image,
+                 input=bytes(passphrase), check=False)
+    return result.returncode == 0
+
+
+def luks_dump(image) -> dict:
+    return json.loads(run("cryptsetup", "luksDump", "--dump-json-metadata", image).stdout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class TangServer:
+    url: str
+    port: int
+    keydir: Path
+    process: subprocess.Popen
+
+    @property
+    def signing_thumbprints(self) -> list[str]:
+        """S256 thumbprints of the server's signing keys, computed by stock `jose` from the key files."""
+        thps = []
+        for jwk in sorted(self.keydir.glob("*.jwk")):
+            if "verify" in json.loads(jwk.read_text()).get("key_ops", []):
+                thps.append(run("jose", "jwk", "thp", "-i", jwk).stdout.decode().strip())
+        return thps
+
+    @property
+    def thp(self) -> str:
+        return self.signing_thumbprints[0]
+
+    def config(self, **extra) -> dict:
+        return {"url": self.url, "thp": self.thp, **extra}
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_tang(keydir: Path) -> TangServer:
+    """tangd behind socat on a free 127.0.0.1 port; waits until the port accepts connections."""
+    if not any(keydir.glob("*.jwk")):
+        keydir.mkdir(parents=True, exist_ok=True)
+        run("/usr/libexec/tangd-keygen", keydir)
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(
+            ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"EXEC:/usr/libexec/tangd {keydir}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return TangServer(f"http://127.0.0.1:{port}", port, keydir, process)
+            except OSError:
+                time.sleep(0.05)
+        process.kill()
+        process.wait()
+    raise RuntimeError("could not start tangd behind socat on a loopback port")
+
+
+@pytest.fixture(scope="session")
+def tang(tmp_path_factory):
+    server = start_tang(tmp_path_factory.mktemp("tang") / "db")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_tang(tmp_path):
+    """A Tang server of one test's own (for tests that stop or rotate it)."""
+    server = start_tang(tmp_path / "tangdb")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def image(tmp_path):
+    """Path of a new sparse 32 MiB file (not yet formatted)."""
+    path = tmp_path / "disk.img"
+    with open(path, "wb") as f:
+        f.truncate(IMAGE_BYTES)
+    return path
+
+
+@pytest.fixture
+def passphrase() -> bytes:
+    return b"build passphrase for tests"
+
+
+@pytest.fixture
+def luks_image(image, passphrase):
+    """A LUKS2 image made by stock cryptsetup with `passphrase` in keyslot 0 (pbkdf2, 1000 iterations)."""
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+        "1000", "--key-slot", "0", "--key-file", "-", image, input=passphrase)
+    return image
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    assert path, f"{name} is not installed (tools/deps.sh installs it)"
+    return path
