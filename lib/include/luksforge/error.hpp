@@ -2,6 +2,7 @@
 // code and, where one exists, the C library's own message). Expected misses are std::optional, not exceptions.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <system_error>
 
@@ -10,7 +11,16 @@ namespace luksforge {
 class Error : public std::system_error {
 public:
     // `code` is an errno value (EINVAL, ENOENT, EPERM, EBUSY, ...); `message` is one line for humans.
-    Error(int code, const std::string& message) : std::system_error(code, std::generic_category(), message) {}
+    Error(int code, const std::string& message)
+        : std::system_error(code, std::generic_category(), message),
+          message_(std::make_shared<const std::string>(message)) {}
+
+    // Just the message: std::system_error would append ": <strerror(code)>", which repeats or contradicts
+    // messages that already carry the C library's own words. The errno stays available through code().
+    const char* what() const noexcept override { return message_->c_str(); }
+
+private:
+    std::shared_ptr<const std::string> message_;  // shared: copying an exception must not throw
 };
 
 // A passphrase, key or token did not open what it was meant to open (wrong passphrase, tampered JWE).
