@@ -718,6 +718,7 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
         for (std::string_view passphrase : passphrases) {
             crypt_params_reencrypt params{};
             params.flags = CRYPT_REENCRYPT_RESUME_ONLY;
+            params.max_hotzone_size = options.max_hotzone_bytes / 512;
             if (status == CRYPT_REENCRYPT_CRASH) {
                 crypt_params_reencrypt recovery{};
                 recovery.flags = CRYPT_REENCRYPT_RECOVERY;
@@ -815,6 +816,7 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
             params.mode = CRYPT_REENCRYPT_REENCRYPT;
             params.direction = CRYPT_REENCRYPT_FORWARD;
             params.resilience = "checksum";
+            params.max_hotzone_size = options.max_hotzone_bytes / 512;
             params.hash = "sha256";
             params.luks2 = &luks2;
             const auto& [first_old, first_passphrase] = opened.front();

@@ -103,6 +103,9 @@ struct RekeyOptions {
     bool drop_other_keyslots = false;
     // Return false to pause re-encryption; it can be resumed with another rekey call.
     std::function<bool(const RekeyProgress&)> progress;
+    // Largest chunk re-encrypted between two header commits (rounded down to 512-byte sectors); 0 = the
+    // libcryptsetup default. Smaller chunks mean finer-grained progress and resumption.
+    std::uint64_t max_hotzone_bytes = 0;
 };
 
 struct RekeyResult {
