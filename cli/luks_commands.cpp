@@ -4,6 +4,7 @@
 
 #include <luksforge/error.hpp>
 #include <luksforge/luks.hpp>
+#include <luksforge/policy.hpp>
 
 #include <fmt/core.h>
 
@@ -103,6 +104,7 @@ void register_format(CLI::App& app) {
         std::uint32_t sector_size = 0;
         std::string label, subsystem, uuid;
         std::string metadata_size, keyslots_size;
+        std::string policy;
         bool json = false;
     };
     auto o = std::make_shared<Options>();
@@ -122,6 +124,10 @@ void register_format(CLI::App& app) {
     cmd->add_option("--metadata-size", o->metadata_size, "LUKS2 metadata area size (16K..4M, a power of two)")
         ->check(size_validator());
     cmd->add_option("--keyslots-size", o->keyslots_size, "LUKS2 keyslots area size")->check(size_validator());
+    auto* policy = cmd->add_option("--policy", o->policy,
+                                   "Take cipher, key size and LUKS2 metadata/keyslots sizes from a deployment policy "
+                                   "(docs/policy.md); the metadata then holds the policy's Clevis token");
+    for (const char* name : {"--cipher", "--key-size", "--metadata-size", "--keyslots-size"}) policy->excludes(name);
     cmd->add_flag("--json", o->json, "Print the inspection as JSON");
     set_action(*cmd, [o] {
         FormatOptions options;
@@ -139,6 +145,17 @@ void register_format(CLI::App& app) {
         if (!o->uuid.empty()) options.uuid = o->uuid;
         if (!o->metadata_size.empty()) options.metadata_bytes = parse_size(o->metadata_size);
         if (!o->keyslots_size.empty()) options.keyslots_bytes = parse_size(o->keyslots_size);
+        if (!o->policy.empty()) {
+            // The policy decides cipher and sizes; the passphrase keyslot keeps this command's PBKDF.
+            const Policy policy = Policy::load(o->policy);
+            policy.require_valid();
+            const FormatOptions from_policy = policy.format_options();
+            options.cipher = from_policy.cipher;
+            options.cipher_mode = from_policy.cipher_mode;
+            options.volume_key_bytes = from_policy.volume_key_bytes;
+            options.metadata_bytes = from_policy.metadata_bytes;
+            options.keyslots_bytes = from_policy.keyslots_bytes;
+        }
         SecretBuffer passphrase = o->passphrase.read();
         if (passphrase.empty()) throw FormatError("the passphrase is empty");
         if (!o->size.empty()) Volume::ensure_file_size(o->image, parse_size(o->size));

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
 
     register_luks_commands(app);
     register_image_commands(app);
+    register_policy_commands(app);
 
     try {
         app.parse(argc, argv);

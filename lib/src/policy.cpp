@@ -352,8 +352,7 @@ Policy Policy::parse(std::string_view toml_text, std::string source, std::filesy
     try {
         root = toml::parse(toml_text, policy.source);
     } catch (const toml::parse_error& e) {
-        throw FormatError(policy.source + ":" + std::to_string(e.source().begin.line) + ": " +
-                          std::string(e.description()));
+        throw PolicySyntaxError({policy.source, e.source().begin.line, "TOML syntax error: " + std::string(e.description())});
     }
     Reader reader{policy};
     reader.read_root(root);

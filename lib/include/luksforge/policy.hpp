@@ -4,6 +4,7 @@
 // how many instances may share one volume key. The schema is documented in docs/policy.md.
 #pragma once
 
+#include <luksforge/error.hpp>
 #include <luksforge/luks.hpp>
 #include <luksforge/pin.hpp>
 
@@ -12,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace luksforge {
@@ -23,6 +25,13 @@ struct PolicyProblem {
     std::string message;
     // "FILE:LINE: message" (or "FILE: message" without a line).
     std::string to_string() const;
+};
+
+// A policy file that is not even valid TOML: what() is "FILE:LINE: message"; `problem` holds the parts.
+class PolicySyntaxError : public FormatError {
+public:
+    explicit PolicySyntaxError(PolicyProblem where) : FormatError(where.to_string()), problem(std::move(where)) {}
+    PolicyProblem problem;
 };
 
 struct PolicyTangServer {
@@ -47,7 +56,7 @@ public:
     static constexpr std::uint64_t metadata_sizes[] = {16 << 10, 32 << 10, 64 << 10, 128 << 10, 256 << 10,
                                                        512 << 10, 1 << 20, 2 << 20, 4 << 20};
 
-    // Parse a policy. A TOML syntax error throws FormatError "FILE:LINE: message"; every other problem
+    // Parse a policy. A TOML syntax error throws PolicySyntaxError; every other problem
     // (unknown keys, wrong types, bad values) is recorded and reported by check(). `load` throws NotFoundError
     // for a missing file. Relative `adv` paths are resolved against the policy file's directory (`base_dir`).
     static Policy load(const std::filesystem::path& path);

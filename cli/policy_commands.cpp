@@ -1,0 +1,125 @@
+// `luksforge policy ...`: check a deployment policy file (docs/policy.md) and show what it binds.
+#include "commands.hpp"
+#include "common.hpp"
+
+#include <luksforge/error.hpp>
+#include <luksforge/policy.hpp>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace luksforge::cli {
+namespace {
+
+std::string json_quote(std::string_view text) {
+    std::string out = "\"";
+    for (char c : text) {
+        switch (c) {
+            case '"': out += "\\\""; break;
+            case '\\': out += "\\\\"; break;
+            case '\n': out += "\\n"; break;
+            case '\r': out += "\\r"; break;
+            case '\t': out += "\\t"; break;
+            default:
+                if (static_cast<unsigned char>(c) < 0x20) {
+                    char escaped[8];
+                    std::snprintf(escaped, sizeof escaped, "\\u%04x", static_cast<unsigned>(c));
+                    out += escaped;
+                } else {
+                    out += c;
+                }
+        }
+    }
+    return out + "\"";
+}
+
+struct CheckOptions {
+    std::string file;
+    bool json = false;
+};
+
+int run_check(const CheckOptions& options) {
+    std::vector<PolicyProblem> problems;
+    std::optional<Policy> policy;
+    try {
+        policy = Policy::load(options.file);
+        problems = policy->check();
+    } catch (const PolicySyntaxError& e) {
+        problems.push_back(e.problem);
+    }
+
+    std::optional<Policy::Pin> pin;
+    std::optional<TokenEstimate> estimate;
+    std::uint64_t metadata_bytes = 0;
+    if (problems.empty()) {
+        pin = policy->pin();
+        estimate = policy->estimate_token();
+        metadata_bytes = policy->format_options().metadata_bytes;
+        if (metadata_bytes == 0) metadata_bytes = Policy::metadata_sizes[0];
+    }
+
+    if (options.json) {
+        std::string out = "{\"file\":" + json_quote(options.file) + ",\"valid\":" + (problems.empty() ? "true" : "false") +
+                          ",\"problems\":[";
+        for (std::size_t i = 0; i < problems.size(); ++i) {
+            if (i) out += ",";
+            out += "{\"line\":" + std::to_string(problems[i].line) + ",\"message\":" + json_quote(problems[i].message) +
+                   ",\"text\":" + json_quote(problems[i].to_string()) + "}";
+        }
+        out += "]";
+        if (problems.empty()) {
+            out += ",\"pin\":" + json_quote(pin->name) + ",\"config\":" + pin->config_json +
+                   ",\"threshold\":" + std::to_string(policy->threshold) +
+                   ",\"servers\":" + std::to_string(policy->servers.size()) +
+                   ",\"trust_on_first_use\":" + (policy->trust_on_first_use ? "true" : "false") +
+                   ",\"max_instances_per_key\":" + std::to_string(policy->max_instances_per_key) +
+                   ",\"cipher\":" + json_quote(policy->cipher) + ",\"key_bits\":" + std::to_string(policy->key_bits) +
+                   ",\"token_bytes\":" + std::to_string(estimate->token_bytes) +
+                   ",\"token_size_measured\":" + (estimate->measured ? "true" : "false") +
+                   ",\"metadata_bytes\":" + std::to_string(metadata_bytes);
+        }
+        out += "}";
+        print_json(out);
+    } else if (problems.empty()) {
+        std::printf("%s: valid: %s, %u of %zu Tang server%s, clevis token %s%zu bytes, LUKS2 metadata %llu KiB\n",
+                    options.file.c_str(), pin->name.c_str(), policy->threshold, policy->servers.size(),
+                    policy->servers.size() == 1 ? "" : "s", estimate->measured ? "" : "~", estimate->token_bytes,
+                    static_cast<unsigned long long>(metadata_bytes >> 10));
+    } else {
+        for (const PolicyProblem& problem : problems) std::fprintf(stderr, "%s\n", problem.to_string().c_str());
+    }
+    return problems.empty() ? exit_ok : exit_format;
+}
+
+struct PinOptionsCli {
+    std::string file;
+};
+
+}  // namespace
+
+void register_policy_commands(CLI::App& app) {
+    auto* policy = app.add_subcommand("policy", "Deployment policy files (docs/policy.md)");
+    policy->require_subcommand(1);
+
+    auto* check = policy->add_subcommand(
+        "check", "Check a policy file; print every problem as FILE:LINE: message (exit 0 when valid)");
+    auto check_options = std::make_shared<CheckOptions>();
+    check->add_option("FILE", check_options->file, "Policy file (TOML)")->required();
+    check->add_flag("--json", check_options->json, "Print the result as JSON on stdout");
+    set_action(*check, [check_options] { return run_check(*check_options); });
+
+    auto* pin = policy->add_subcommand("pin", "Print the Clevis pin and config the policy binds (for clevis luks bind)");
+    auto pin_options = std::make_shared<PinOptionsCli>();
+    pin->add_option("FILE", pin_options->file, "Policy file (TOML)")->required();
+    set_action(*pin, [pin_options] {
+        const Policy policy = Policy::load(pin_options->file);
+        policy.require_valid();
+        const Policy::Pin chosen = policy.pin();
+        std::printf("%s %s\n", chosen.name.c_str(), chosen.config_json.c_str());
+        return exit_ok;
+    });
+}
+
+}  // namespace luksforge::cli
