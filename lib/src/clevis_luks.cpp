@@ -7,6 +7,7 @@
 #include "json_util.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/tang.hpp>
 
 #include <libcryptsetup.h>
 
@@ -189,6 +190,40 @@ JsonPtr pin_config(const json_t* header, std::string& pin) {
     return json_take(json_object());
 }
 
+// The config for re-binding a tang JWE to the server's current keys, trusted through the old signing key:
+// tangd signs /adv/{old thp} with the rotated-out key as well, and the old JWE's header holds that key.
+// Returns {"url":..., "adv": <the verified current JWK set>}.
+std::string rotated_config_from_old(std::string_view compact_jwe, const PinOptions& options) {
+    JsonPtr header = header_of(compact_jwe);
+    const json_t* tang_header = json_object_get(json_object_get(header.get(), "clevis"), "tang");
+    const std::string url = detail::json_string_or(tang_header, "url");
+    const json_t* old_adv = json_object_get(tang_header, "adv");
+    const json_t* keys = json_object_get(old_adv, "keys");
+    std::size_t index;
+    json_t* key;
+    std::string last_error = "the old advertisement has no signing key";
+    json_array_foreach(keys, index, key) {
+        if (!jose_jwk_prm(nullptr, key, true, "verify")) continue;
+        const std::string thp = detail::jose_thumbprint(key, "S256");
+        try {
+            tang::Client client(url, options.network);
+            const tang::Advertisement current =
+                tang::parse_advertisement(client.fetch_advertisement_text(thp), detail::json_dump(old_adv));
+            if (!current.has_signing_key(thp)) {
+                last_error = "the old signing key " + thp + " did not sign the current advertisement";
+                continue;
+            }
+            JsonPtr current_keys = detail::json_parse(current.keys_json, "advertisement");
+            JsonPtr config = json_take(json_pack("{s:s,s:O}", "url", url.c_str(), "adv", current_keys.get()));
+            return detail::json_dump(config.get());
+        } catch (const TangError& e) {
+            last_error = e.what();
+        }
+    }
+    throw TangError("regen: cannot trust the current advertisement of " + url + " through the old signing key (" +
+                    last_error + "); pass a config with \"thp\" (or trust-on-first-use)");
+}
+
 }  // namespace
 
 std::string token_json(int keyslot, std::string_view compact_jwe) {
@@ -328,11 +363,21 @@ RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options) {
 
     BindOptions bind_options = options.bind;
     bind_options.verify = true;
-    if (!options.config_json) bind_options.pin.trust_on_first_use = true;
+    std::string config = options.config_json.value_or(old_config);
+    if (!options.config_json) {
+        if (pin == "tang") {
+            // Trust chain across rotation: the old advertisement (in the JWE header) names the old signing key;
+            // tangd still signs /adv/{old thp} with it, vouching for the current keys.
+            if (!options.bind.pin.trust_on_first_use)
+                config = rotated_config_from_old(token_to_compact(old_token->json), options.bind.pin);
+        } else {
+            // Nested pins: trust the servers the binding already names, as `clevis luks regen` does.
+            bind_options.pin.trust_on_first_use = true;
+        }
+    }
     RegenResult result;
     result.old_keyslot = keyslot;
-    result.bound = clevis::bind(volume, pin, options.config_json ? *options.config_json : old_config, old.passphrase.view(),
-                        bind_options);
+    result.bound = clevis::bind(volume, pin, config, old.passphrase.view(), bind_options);
     if (result.bound.verification != Verification::verified) {
         roll_back(volume, result.bound.token, result.bound.keyslot);
         throw TangError("regen: the new binding could not be verified; the old binding in keyslot " +

@@ -268,6 +268,8 @@ std::string join(const std::vector<std::string>& items, std::string_view separat
 }  // namespace
 
 bool Advertisement::has_signing_key(std::string_view thp) const {
+    for (const auto& extra : extra_signer_thumbprints)
+        if (extra == thp) return true;
     JsonPtr set = detail::json_parse(keys_json, "advertisement");
     JsonPtr verify = keys_for(json_object_get(set.get(), "keys"), "verify");
     std::size_t index;
@@ -278,7 +280,7 @@ bool Advertisement::has_signing_key(std::string_view thp) const {
     return false;
 }
 
-Advertisement parse_advertisement(std::string_view json) {
+Advertisement parse_advertisement(std::string_view json, std::string_view extra_verify_keys_json) {
     JsonPtr root = detail::json_parse(json, "Tang advertisement");
     if (!json_is_object(root.get())) throw FormatError("Tang advertisement is not a JSON object");
 
@@ -319,14 +321,32 @@ Advertisement parse_advertisement(std::string_view json) {
         if (!json_is_array(signatures.get()) || json_array_size(signatures.get()) == 0)
             throw TangError("Tang advertisement is unsigned (no JWS signatures)", EBADMSG);
         JsonPtr general = json_take(json_pack("{s:O,s:O}", "payload", payload, "signatures", signatures.get()));
-        // Every signature must verify against one of the advertised verify keys...
+        JsonPtr extra = json_take(json_array());
+        if (!extra_verify_keys_json.empty()) {
+            JsonPtr extra_set = detail::json_parse(extra_verify_keys_json, "trusted keys");
+            const json_t* extra_keys = json_object_get(extra_set.get(), "keys");
+            if (!extra_keys && json_is_array(extra_set.get())) extra_keys = extra_set.get();
+            extra = keys_for(extra_keys, "verify");
+        }
+        // Every signature must verify against one of the advertised (or extra trusted) verify keys...
         std::size_t index;
         json_t* sig;
         json_array_foreach(signatures.get(), index, sig) {
-            if (!jose_jws_ver(nullptr, general.get(), sig, verify.get(), false))
+            if (jose_jws_ver(nullptr, general.get(), sig, verify.get(), false)) continue;
+            bool by_extra = false;
+            std::size_t k;
+            json_t* key;
+            json_array_foreach(extra.get(), k, key) {
+                if (!jose_jws_ver(nullptr, general.get(), sig, key, false)) continue;
+                by_extra = true;
+                for (const char* alg : {"S256", "S1"})
+                    adv.extra_signer_thumbprints.push_back(detail::jose_thumbprint(key, alg));
+            }
+            if (!by_extra)
                 throw TangError("Tang advertisement signature " + std::to_string(index + 1) + " of " +
                                     std::to_string(json_array_size(signatures.get())) +
-                                    " does not verify with the advertised signing keys",
+                                    " does not verify with the advertised signing keys (forged, or by a "
+                                    "rotated-out key: pin a current thumbprint)",
                                 EBADMSG);
         }
         // ...and every advertised verify key must have signed (as `jose jws ver -a` in clevis-encrypt-tang).
@@ -366,12 +386,18 @@ Client::~Client() noexcept = default;
 void* Client::native_handle() const noexcept { return impl_ ? impl_->curl.get() : nullptr; }
 const std::string& Client::url() const noexcept { return impl_->url; }
 
+std::string Client::fetch_advertisement_text(std::optional<std::string_view> thp) {
+    std::string target = impl_->url + "/adv";
+    if (thp && !thp->empty()) target += "/" + std::string(*thp);
+    return impl_->perform(target, nullptr, nullptr).body;
+}
+
 Advertisement Client::fetch_advertisement(std::optional<std::string_view> thp) {
     std::string target = impl_->url + "/adv";
     if (thp && !thp->empty()) target += "/" + std::string(*thp);
-    auto response = impl_->perform(target, nullptr, nullptr);
+    const std::string body = fetch_advertisement_text(thp);
     try {
-        return parse_advertisement(response.body);
+        return parse_advertisement(body);
     } catch (const FormatError& e) {
         throw TangError("malformed advertisement from " + target + ": " + e.what(), EBADMSG);
     } catch (const TangError& e) {

@@ -81,8 +81,9 @@ struct RegenResult {
 };
 // Re-bind after a Tang key rotation: recover the old binding's passphrase, bind a NEW keyslot to the current
 // advertisement, verify it, and only then remove the old token and keyslot — the volume never lacks a
-// working binding. Without `config_json`, the server the binding already names is trusted as Clevis's
-// `clevis luks regen` does (trust-on-first-use of its new advertisement).
+// working binding (the binding moves to a new keyslot). Without `config_json`, a tang binding pins the OLD
+// signing key (from the advertisement in its JWE): tangd signs /adv/{old thp} with it after rotation, so the
+// new keys are trusted through the old one. sss bindings trust their servers as `clevis luks regen` does.
 RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options = {});
 
 // Open the volume as /dev/mapper/NAME through dm-crypt with a passphrase (e.g. Unlocked::passphrase).

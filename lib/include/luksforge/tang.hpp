@@ -26,6 +26,8 @@ struct Advertisement {
     std::vector<std::string> exchange_thumbprints;
     // Whether it came as a signed JWS (false: a plain JWK set supplied offline, nothing to verify).
     bool signed_jws = false;
+    // S256 and S1 thumbprints of keys from `extra_verify_keys_json` (parse_advertisement) that signed it.
+    std::vector<std::string> extra_signer_thumbprints;
 
     // Whether a verify key of this advertisement has thumbprint `thp` (S256 or S1, as Clevis accepts).
     bool has_signing_key(std::string_view thp) const;
@@ -34,7 +36,9 @@ struct Advertisement {
 // Parse an advertisement given as a JWS (general or flattened JSON serialisation, as `GET /adv` returns) or
 // as a plain JWK set, and verify every signature against the verify keys in its payload. Throws TangError
 // for an unsigned or badly signed advertisement, FormatError for malformed JSON.
-Advertisement parse_advertisement(std::string_view json);
+// `extra_verify_keys_json` (a JWK set, e.g. the advertisement an old binding was made with) adds keys trusted
+// from elsewhere: tangd signs /adv/{thp} of a rotated-out key with that key too, which links old and new keys.
+Advertisement parse_advertisement(std::string_view json, std::string_view extra_verify_keys_json = {});
 
 // The thumbprint of a JWK given as JSON (`alg` "S256" or "S1"), as `jose jwk thp` prints it.
 std::string jwk_thumbprint(std::string_view jwk_json, std::string_view alg = "S256");
@@ -57,6 +61,8 @@ public:
 
     // GET /adv (or /adv/{thp} when given), parsed and signature-checked; trust is NOT decided here.
     Advertisement fetch_advertisement(std::optional<std::string_view> thp = std::nullopt);
+    // The same, unparsed: the JWS text as served.
+    std::string fetch_advertisement_text(std::optional<std::string_view> thp = std::nullopt);
     // POST /rec/{kid} with a public EC JWK (JSON); returns the server's reply JWK as JSON text.
     std::string recover(std::string_view kid, std::string_view request_jwk_json);
 
