@@ -1,0 +1,53 @@
+# Run with cmake -P (see CMakeLists.txt). Fails (FATAL_ERROR) on the first step that does not succeed.
+cmake_minimum_required(VERSION 3.25)
+
+function(step name)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${name} failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(step_output "${out}" PARENT_SCOPE)
+endfunction()
+
+set(prefix ${WORK_DIR}/prefix)
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+
+step("cmake --install" ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix})
+foreach(required include/luksforge/luks.hpp include/luksforge/secret.hpp include/luksforge/error.hpp bin/luksforge)
+  if(NOT EXISTS ${prefix}/${required})
+    message(FATAL_ERROR "not installed: ${required}")
+  endif()
+endforeach()
+file(GLOB_RECURSE config_files ${prefix}/*/luksforgeConfig.cmake)
+file(GLOB_RECURSE pc_files ${prefix}/*/luksforge.pc)
+file(GLOB_RECURSE sonames ${prefix}/*/libluksforge.so.*)
+if(NOT config_files OR NOT pc_files OR NOT sonames)
+  message(FATAL_ERROR "missing CMake package, luksforge.pc or versioned libluksforge.so under ${prefix}")
+endif()
+list(GET pc_files 0 pc_file)
+get_filename_component(pc_dir ${pc_file} DIRECTORY)
+get_filename_component(libdir ${pc_dir} DIRECTORY)
+
+# 1. find_package(luksforge)
+step("configure consumer (find_package)" ${CMAKE_COMMAND} -S ${CONSUMER_SOURCE_DIR} -B ${WORK_DIR}/cmake-build
+     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_CXX_COMPILER=${CXX})
+step("build consumer (find_package)" ${CMAKE_COMMAND} --build ${WORK_DIR}/cmake-build)
+step("run consumer (find_package)" ${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${libdir} ${WORK_DIR}/cmake-build/consumer)
+if(NOT step_output MATCHES "luksforge consumer ok")
+  message(FATAL_ERROR "unexpected consumer output: ${step_output}")
+endif()
+
+# 2. pkg-config
+step("pkg-config" ${CMAKE_COMMAND} -E env PKG_CONFIG_PATH=${pc_dir} pkg-config --cflags --libs luksforge)
+string(STRIP "${step_output}" flags)
+separate_arguments(flags UNIX_COMMAND "${flags}")
+step("compile consumer (pkg-config)" ${CXX} ${CONSUMER_SOURCE_DIR}/main.cpp -o ${WORK_DIR}/consumer-pc ${flags})
+step("run consumer (pkg-config)" ${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${libdir} ${WORK_DIR}/consumer-pc)
+if(NOT step_output MATCHES "luksforge consumer ok")
+  message(FATAL_ERROR "unexpected consumer output: ${step_output}")
+endif()
+
+step("installed CLI" ${CMAKE_COMMAND} -E env LD_LIBRARY_PATH=${libdir} ${prefix}/bin/luksforge --version)
+file(REMOVE_RECURSE ${WORK_DIR})
+message(STATUS "install test passed")
