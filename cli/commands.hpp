@@ -15,7 +15,7 @@ namespace luksforge::cli {
 
 void register_luks_commands(CLI::App& app);
 // Added by the other areas (declare here, define in your own file, call from main.cpp):
-// void register_clevis_commands(CLI::App& app);
+void register_clevis_commands(CLI::App& app);
 void register_policy_commands(CLI::App& app);
 void register_image_commands(CLI::App& app);
 

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
     app.fallthrough(false);
 
     register_luks_commands(app);
+    register_clevis_commands(app);
     register_image_commands(app);
     register_policy_commands(app);
 
