@@ -11,6 +11,7 @@
 
 #include <openssl/evp.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -217,4 +218,46 @@ TEST_CASE("rekey paused by the progress callback resumes with another call") {
     CHECK(volume.fingerprint() != old_fingerprint);
     CHECK(volume.test_passphrase("pass").has_value());
     CHECK(volume.keyslots().size() == 1);
+}
+
+TEST_CASE("rekey interrupted by a dying process is resumed, and the data survives") {
+    EncryptedImage img(4096);
+    Inspection before;
+    {
+        Volume volume = Volume::open(img.image);
+        before = volume.inspect();
+    }
+    // A child process starts re-keying and dies abruptly (no destructors, no cleanup) in the middle.
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        try {
+            Volume volume = Volume::open(img.image);
+            RekeyOptions options;
+            options.max_hotzone_bytes = 4 * kMiB;
+            options.progress = [](const RekeyProgress& p) {
+                if (p.done_bytes > 0 && p.done_bytes < p.total_bytes) ::_exit(42);
+                return true;
+            };
+            volume.rekey({img.passphrase}, options);
+        } catch (...) {
+            ::_exit(1);
+        }
+        ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 42);
+
+    Volume volume = Volume::open(img.image);
+    CHECK(volume.inspect().reencryption_in_progress);
+    const RekeyResult result = volume.rekey({img.passphrase});
+    CHECK(result.completed);
+    const Inspection after = volume.inspect();
+    CHECK_FALSE(after.reencryption_in_progress);
+    CHECK(after.fingerprint != before.fingerprint);
+    CHECK(after.keyslots.size() == 1);
+    const SecretBuffer new_key = volume.volume_key(img.passphrase);
+    CHECK(decrypt_xts_plain64(img.data_area(after), new_key, 4096) == img.plain);
 }
