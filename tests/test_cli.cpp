@@ -279,3 +279,21 @@ TEST_CASE("--help on every subcommand, --version") {
         CHECK(r.out.find("Usage:") != std::string::npos);
     }
 }
+
+TEST_CASE("rekey draws a progress bar when stderr is a terminal") {
+    if (!have_program("script")) {
+        MESSAGE("util-linux script(1) not available; skipping the terminal case");
+        return;
+    }
+    TempDir dir;
+    const auto image = dir / "a.img";
+    write_file(dir / "pass", kPass);
+    REQUIRE(format(image, dir / "pass", {"--size", "40M"}).exit_code == 0);
+    // script(1) runs the command on a pseudo-terminal; its output is what the terminal showed.
+    const std::string command = std::string(LUKSFORGE_CLI) + " rekey " + image.string() + " --passphrase-file " +
+                                (dir / "pass").string();
+    const RunResult r = run({"script", "--quiet", "--return", "--command", command, "/dev/null"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.out << r.err);
+    CHECK(r.out.find("Re-encrypting [") != std::string::npos);
+    CHECK(r.out.find("100.0%") != std::string::npos);
+}
