@@ -5,6 +5,7 @@
 #include <luksforge/error.hpp>
 #include <luksforge/image.hpp>
 #include <luksforge/ledger.hpp>
+#include <luksforge/luks.hpp>
 #include <luksforge/pipeline.hpp>
 #include <luksforge/policy.hpp>
 
@@ -35,6 +36,16 @@ void write_report(const std::string& path, const std::string& json) {
     if (!out) throw Error(errno, "cannot write report " + path);
     out << json << "\n";
     if (!out.flush()) throw Error(EIO, "cannot write report " + path);
+}
+
+// Refuse before anything is written when the policy's token would not fit the volume's LUKS2 metadata.
+// An unfinished seal already made its room (or its binding), so only a fresh image is measured.
+void refuse_binding_that_does_not_fit(const Policy& policy, const std::string& image, std::optional<int> partition) {
+    AttachedTarget attached = AttachedTarget::attach(select_luks_target(image, partition), true);
+    Volume volume = Volume::open(attached.device(), Volume::Access::read_only);
+    for (const Token& token : volume.tokens())
+        if (token.type == "luksforge-seal" || token.type == "clevis") return;
+    if (auto problem = policy.binding_fits(volume)) throw FormatError(problem->to_string());
 }
 
 void register_probe(CLI::App& app) {
@@ -113,6 +124,7 @@ void register_seal(CLI::App& app) {
             options.on_progress = [bar](std::uint64_t done, std::uint64_t total) { bar->update(done, total); };
         }
         SecretBuffer build = opts->build.read("build passphrase");
+        refuse_binding_that_does_not_fit(policy, opts->image, options.partition);
         SealReport report = seal(opts->image, build, options);
         bar->finish();
         write_report(opts->report, report.to_json());

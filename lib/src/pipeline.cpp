@@ -224,9 +224,15 @@ int first_free_keyslot(const Volume& volume) {
 }
 
 void rekey_to_completion(Volume& volume, const std::vector<std::string_view>& passphrases, bool drop_others,
-                         const std::function<void(std::uint64_t, std::uint64_t)>& on_progress, bool crash_hook) {
+                         const std::function<void(std::uint64_t, std::uint64_t)>& on_progress, bool crash_hook,
+                         std::uint64_t hotzone_bytes = 0) {
     RekeyOptions options;
     options.drop_other_keyslots = drop_others;
+    options.max_hotzone_bytes = hotzone_bytes;
+    if (crash_hook && hotzone_bytes == 0) {
+        const char* wanted = std::getenv("LUKSFORGE_CRASH_AT");
+        if (wanted != nullptr && std::strcmp(wanted, "rekey-progress") == 0) options.max_hotzone_bytes = 4 << 20;
+    }
     options.progress = [&](const RekeyProgress& p) {
         if (on_progress) on_progress(p.done_bytes, p.total_bytes);
         if (crash_hook && p.done_bytes > 0 && p.done_bytes < p.total_bytes) crash_point("rekey-progress");
@@ -336,7 +342,8 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
                 for (const Keyslot& slot : volume.keyslots())
                     if (!slot.bound_to_segment) volume.remove_keyslot(slot.id);
             }
-            rekey_to_completion(volume, {build_passphrase.view()}, true, options.on_progress, true);
+            rekey_to_completion(volume, {build_passphrase.view()}, true, options.on_progress, true,
+                                options.rekey_hotzone_bytes);
         }
         crash_point("rekey-done");
         remove_dead_clevis_tokens(volume);

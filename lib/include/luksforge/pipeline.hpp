@@ -62,6 +62,9 @@ struct SealOptions {
     std::function<void(const std::string&)> on_step;
     // Re-encryption progress.
     std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
+    // Re-encrypt in chunks of at most this many bytes (0 = libcryptsetup's default; the test hook
+    // LUKSFORGE_CRASH_AT=rekey-progress uses 4 MiB so that a crash lands between two chunks).
+    std::uint64_t rekey_hotzone_bytes = 0;
 };
 
 struct SealReport {
