@@ -2,6 +2,7 @@
 // `clevis luks list` output, `clevis luks pass` to stdout) with luksforge's verification and safety.
 #include "commands.hpp"
 #include "common.hpp"
+#include "policy_commands.hpp"
 
 #include <luksforge/clevis.hpp>
 #include <luksforge/error.hpp>
@@ -84,6 +85,7 @@ void report_bind(const clevis::BindResult& result, bool json) {
 
 struct BindArgs {
     std::string image, pin, config;
+    std::string policy;
     SecretOption passphrase;
     bool trust_on_first_use = false;
     int slot = -1;
@@ -116,11 +118,14 @@ void register_clevis_commands(CLI::App& app) {
         auto* cmd = app.add_subcommand("bind", "Bind a LUKS2 volume to a Clevis pin (tang, sss) in a new keyslot");
         auto a = std::make_shared<BindArgs>();
         cmd->add_option("IMAGE", a->image, "LUKS2 image file or device")->required();
-        cmd->add_option("PIN", a->pin, "Clevis pin: tang or sss")->required();
+        cmd->add_option("PIN", a->pin, "Clevis pin: tang or sss (required unless --policy)");
         cmd->add_option("CONFIG", a->config,
                         "Clevis pin config JSON, e.g. '{\"url\":\"http://tang:7500\",\"thp\":\"...\"}' "
-                        "(\"adv\": a file name or the advertisement JSON)")
-            ->required();
+                        "(\"adv\": a file name or the advertisement JSON)");
+        auto* policy = cmd->add_option("--policy", a->policy,
+                                       "bind the pin, servers, trust and keyslot PBKDF of a deployment policy "
+                                       "(docs/policy.md) instead of PIN CONFIG")
+                           ->type_name("FILE");
         add_secret_option(*cmd, a->passphrase, "passphrase", "an existing passphrase of the volume", true);
         cmd->add_flag("-y,--trust-on-first-use", a->trust_on_first_use,
                       "trust an advertisement that is neither pinned by \"thp\" nor given as \"adv\"");
@@ -131,8 +136,19 @@ void register_clevis_commands(CLI::App& app) {
         cmd->add_flag("--no-verify", a->no_verify, "do not prove through the server that the token opens its slot");
         cmd->add_flag("--json", a->json, "print the result as JSON");
         add_network_options(*cmd, a->network);
+        policy->excludes("--trust-on-first-use")->excludes("--pbkdf-iterations");
         set_action(*cmd, [a] {
+            if (!a->policy.empty() && (!a->pin.empty() || !a->config.empty()))
+                throw CLI::ValidationError("--policy replaces PIN and CONFIG: give one or the other");
+            if (a->policy.empty() && (a->pin.empty() || a->config.empty()))
+                throw CLI::RequiredError("PIN and CONFIG (or --policy FILE)");
             SecretBuffer existing = a->passphrase.read("existing passphrase");
+            if (!a->policy.empty()) {
+                report_bind(bind_under_policy(a->image, a->policy, existing, pin_options(a->network).network, a->slot,
+                                              !a->no_verify),
+                            a->json);
+                return 0;
+            }
             Volume volume = Volume::open(a->image, Volume::Access::read_write);
             clevis::BindOptions options;
             options.pin = pin_options(a->network, a->trust_on_first_use);

@@ -1,8 +1,11 @@
 // `luksforge policy ...`: check a deployment policy file (docs/policy.md) and show what it binds.
+#include "policy_commands.hpp"
+
 #include "commands.hpp"
 #include "common.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/luks.hpp>
 #include <luksforge/policy.hpp>
 
 #include <cstdio>
@@ -98,6 +101,32 @@ struct PinOptionsCli {
 };
 
 }  // namespace
+
+clevis::BindResult bind_under_policy(const std::string& image, const std::string& policy_file,
+                                     const SecretBuffer& existing_passphrase, const NetworkOptions& network,
+                                     int slot, bool verify) {
+    const Policy policy = Policy::load(policy_file);
+    policy.require_valid();
+    Volume volume = Volume::open(image, Volume::Access::read_write);
+    // Everything is measured before the first write: a refused bind leaves the header byte for byte as it was.
+    std::vector<PolicyProblem> problems;
+    const std::optional<PolicyProblem> fit = policy.binding_fits(volume);
+    if (fit) problems.push_back(*fit);
+    for (PolicyProblem& problem : policy.verify_volume(volume))
+        if (!fit || problem.message != fit->message) problems.push_back(std::move(problem));
+    if (!problems.empty()) {
+        std::string message = "refusing to bind " + image + " under policy " + policy_file + ": ";
+        for (std::size_t i = 0; i < problems.size(); ++i) message += (i ? "; " : "") + problems[i].message;
+        throw FormatError(message);
+    }
+    clevis::BindOptions options;
+    options.pin = policy.pin_options(network);
+    options.keyslot = slot;
+    options.pbkdf = policy.keyslot_pbkdf;
+    options.verify = verify;
+    const Policy::Pin pin = policy.pin();
+    return clevis::bind(volume, pin.name, pin.config_json, existing_passphrase.view(), options);
+}
 
 void register_policy_commands(CLI::App& app) {
     auto* policy = app.add_subcommand("policy", "Deployment policy files (docs/policy.md)");

@@ -584,7 +584,7 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
             if (result.ok) continue;
             message += "; child " + std::to_string(i) + " (" + describe_child(child_jwes[i]) + "): ";
             if (result.abandoned) {
-                message += "abandoned, the threshold could no longer be reached";
+                message += "abandoned (not at fault): the threshold could no longer be reached";
                 continue;
             }
             message += result.error;
