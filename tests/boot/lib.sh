@@ -64,19 +64,21 @@ boot_tang_adv() {
 }
 
 # Boot the guest once.
-#   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--disk IMG]... [--tang IP=DB]...
+#   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--hosts FILE] [--disk IMG]... [--tang IP=DB]...
 # JOBDIR (run.sh and its files) becomes /job in the guest; --cli adds the luksforge CLI (and libraries not in the
-# base image) as /usr/bin/luksforge; disks appear as /dev/vda, /dev/vdb, ... in order; each --tang makes a Tang
-# server with database DB reachable at http://IP (port 80) from the guest. The serial log is WORKDIR/NAME.log.
+# base image) as /usr/bin/luksforge; --hosts becomes the guest's /etc/hosts; disks appear as /dev/vda, /dev/vdb,
+# ... in order; each --tang makes a Tang server with database DB reachable at http://IP (port 80) from the guest
+# (IP in qemu's user network 10.0.2.0/24: it exists only inside the qemu process). The serial log is WORKDIR/NAME.log.
 # Returns 0 when the guest reached its end marker; the caller checks the individual markers.
 boot_run() {
   local name=$1 workdir=$2 jobdir=$3 timeout=$4
   shift 4
-  local cli="" disks=() tangs=() here
+  local cli="" hosts="" disks=() tangs=() here
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   while (($#)); do
     case $1 in
       --cli) cli=$2; shift 2 ;;
+      --hosts) hosts=$2; shift 2 ;;
       --disk) disks+=("$2"); shift 2 ;;
       --tang) tangs+=("$2"); shift 2 ;;
       *) boot_die "boot_run: unknown option $1" ;;
@@ -86,6 +88,7 @@ boot_run() {
   local stage="$workdir/$name.stage" initrd="$workdir/$name.initrd" serial="$workdir/$name.log"
   rm -rf "$stage"; mkdir -p "$stage/job"
   cp -a "$jobdir/." "$stage/job/"
+  [[ -z $hosts ]] || install -D -m 644 "$hosts" "$stage/etc/hosts"
   if [[ -n $cli ]]; then
     boot_stage_elf "$stage" "$cli" /usr/bin/luksforge "$BASE_MANIFEST"
   fi
@@ -105,7 +108,7 @@ boot_run() {
   local args=(-machine "q35,accel=$accel" -cpu "$cpu" -m 1024 -smp 1 -nographic -no-reboot -nodefaults
               -serial stdio -monitor none
               -kernel "$KERNEL" -initrd "$initrd"
-              -append "console=ttyS0 panic=-1 loglevel=1 rdinit=/init"
+              -append "console=ttyS0 panic=-1 loglevel=1 edd=off rdinit=/init ${LUKSFORGE_BOOT_APPEND:-}"
               -netdev "$netdev" -device virtio-net-pci,netdev=net0,romfile=
               -device virtio-rng-pci)
   local d
@@ -142,4 +145,20 @@ boot_log_excerpt() {  # LOG [NAME]: what a failure report shows
     [[ -n $lines ]] && { echo "$lines" | sed 's/^/    /'; return; }
   fi
   tr -d '\r' <"$1" | tail -n 40 | sed 's/^/    /'
+}
+
+# Host-side Tang for the host steps (bind's and seal's verification through the real server). Only ever inside the
+# private network namespace boot-proof.sh runs in, on a loopback address: the guest's names tang1..3 resolve to
+# 127.0.0.1..3 there (a private /etc/hosts), and to 10.0.2.100..102 in the guest.
+boot_tang_serve() {  # ADDRESS DB LOG -> prints the socat pid
+  socat "TCP-LISTEN:80,bind=$1,reuseaddr,fork" EXEC:"/usr/libexec/tangd $2" </dev/null >/dev/null 2>>"$3" &
+  echo $!
+}
+boot_wait_port() {  # ADDRESS: wait (5 s at most) until something listens on ADDRESS:80
+  local i
+  for i in $(seq 50); do
+    (exec 3<>"/dev/tcp/$1/80") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
 }

@@ -3,7 +3,6 @@
 #                                  "LFB-CHECK NAME PASS|FAIL expected=ok|fail got=ok|fail"; on FAIL also the log.
 #   lfb_value NAME VALUE           print "LFB-VALUE NAME VALUE" for the host to compare.
 #   lfb_wait_block DEV             wait (5 s at most) for a block device node.
-#   lfb_key_digest MAPPING         SHA-256 of the volume key dm-crypt holds for MAPPING (never the key itself).
 LFB_FAILED=0
 # Markers always reach the console, also from inside a check whose output goes to its log.
 exec 3>&1
@@ -42,10 +41,6 @@ lfb_wait_block() {
   done
   echo "LFB-WARN block device $1 did not appear"
   return 1
-}
-
-lfb_key_digest() {
-  dmsetup table --showkeys "$1" | awk '$3 == "crypt" {print $5}' | tr -d '\n' | sha256sum | cut -d' ' -f1
 }
 
 lfb_finish() {
