@@ -179,7 +179,13 @@ void register_stamp(CLI::App& app) {
         options.on_instance = [](const std::filesystem::path& image, std::size_t index, std::size_t count) {
             std::fprintf(stderr, "stamp: %zu/%zu %s\n", index + 1, count, image.c_str());
         };
-        StampReport report = stamp(opts->base, opts->count, opts->out, options);
+        StampReport report;
+        try {
+            report = stamp(opts->base, opts->count, opts->out, options);
+        } catch (const LimitError& e) {
+            std::fprintf(stderr, "luksforge: error: %s\n", e.what());
+            return exit_shared_keys;
+        }
         write_report(opts->report, report.to_json());
         if (opts->json) print_json(report.to_json());
         return 0;

@@ -402,6 +402,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
     }
 
     // 3. Prove through the real servers that the binding opens its keyslot.
+    bool verified_here = false;
     if (state->step == "verify") {
         step_started("verify");
         Stopwatch watch;
@@ -425,6 +426,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
         }
         report.checks_passed.push_back("passphrase recovered through Tang opens keyslot " + std::to_string(slot));
         report.timings_seconds.emplace_back("verify", watch.seconds());
+        verified_here = true;
         crash_point("verify-done");
         state->step = "remove-build-passphrase";
         write_state(volume, *state);
@@ -439,6 +441,12 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
     if (!volume.keyslot(slot) || !clevis_token_for(volume, slot))
         throw FormatError("seal state of " + target.describe() + " names keyslot " + std::to_string(slot) +
                           " but it has no binding; refusing to remove the build passphrase");
+    if (!verified_here) {
+        // Verified by an earlier, interrupted run: prove it again before the build passphrase goes.
+        clevis::Unlocked unlocked = clevis::unlock(volume, slot, options.pin_options);
+        if (unlocked.keyslot != slot) throw AuthError("the binding does not open keyslot " + std::to_string(slot));
+        report.checks_passed.push_back("passphrase recovered through Tang opens keyslot " + std::to_string(slot));
+    }
     while (std::optional<int> build_slot = volume.test_passphrase(build_passphrase.view())) {
         if (*build_slot == slot) throw AuthError("the build passphrase opens the binding's own keyslot");
         volume.remove_keyslot(*build_slot);
@@ -622,6 +630,23 @@ void rename_no_replace(const std::filesystem::path& from, const std::filesystem:
     throw Error(errno, "cannot rename " + from.string() + " to " + to.string() + ": " + std::strerror(errno));
 }
 
+// Hidden `.NAME.PID.partial` files whose process is gone (killed mid-instance).
+void remove_stale_partials(const std::filesystem::path& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (!name.starts_with(".") || !name.ends_with(".partial")) continue;
+        const std::string rest = name.substr(0, name.size() - 8);
+        const std::size_t dot = rest.rfind('.');
+        if (dot == std::string::npos) continue;
+        const std::string pid_text = rest.substr(dot + 1);
+        if (pid_text.empty() || !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            continue;
+        const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+        if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(entry.path().c_str());
+    }
+}
+
 int highest_instance_number(const std::filesystem::path& dir, const std::string& stem) {
     int highest = 0;
     std::error_code ec;
@@ -678,16 +703,21 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
     std::optional<Ledger> ledger;
     if (options.ledger) ledger = Ledger::open(*options.ledger);
     const std::string stem = base.stem().string();
+    remove_stale_partials(out_dir);
     int number = highest_instance_number(out_dir, stem);
+    const auto instance_path = [&](int n) {
+        char suffix[32];
+        std::snprintf(suffix, sizeof suffix, "-%04d.img", n);
+        return out_dir / (stem + suffix);
+    };
 
     for (std::size_t index = 0; index < count; ++index) {
         ++number;
-        char suffix[32];
-        std::snprintf(suffix, sizeof suffix, "-%04d.img", number);
-        const std::filesystem::path final_path = out_dir / (stem + suffix);
-        const std::filesystem::path partial = out_dir / ("." + stem + suffix + ".partial");
+        std::filesystem::path final_path = instance_path(number);
+        // Private to this process: a concurrent stamp into the same directory never touches it.
+        const std::filesystem::path partial =
+            out_dir / ("." + final_path.filename().string() + "." + std::to_string(::getpid()) + ".partial");
         if (options.on_instance) options.on_instance(final_path, index, count);
-        ::unlink(partial.c_str());  // left by a process killed mid-copy
         TemporaryFile temporary(partial);
         {
             DeviceLock base_lock = DeviceLock::acquire(base, false);
@@ -729,24 +759,33 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
         if (instance.fingerprint == report.base_fingerprint)
             throw Error(EIO, "instance " + final_path.string() + " still carries the base's volume key");
 
-        std::optional<std::int64_t> reservation;
-        if (ledger) {
-            LedgerRecord record;
-            record.fingerprint = instance.fingerprint;
-            record.image = absolute_string(final_path);
-            if (base_target.partition) record.image += " partition " + std::to_string(*base_target.partition);
-            record.uuid = instance.uuid;
-            record.policy_path = options.policy.path.string();
-            record.policy_hash = options.policy.sha256;
-            record.event = "stamped";
-            reservation = ledger->reserve(std::move(record), options.max_instances_per_key);
+        // Record, then publish under the next free name (another stamp may have taken this one meanwhile).
+        for (int attempt = 0;; ++attempt) {
+            std::optional<std::int64_t> reservation;
+            if (ledger) {
+                LedgerRecord record;
+                record.fingerprint = instance.fingerprint;
+                record.image = absolute_string(final_path);
+                if (base_target.partition) record.image += " partition " + std::to_string(*base_target.partition);
+                record.uuid = instance.uuid;
+                record.policy_path = options.policy.path.string();
+                record.policy_hash = options.policy.sha256;
+                record.event = "stamped";
+                reservation = ledger->reserve(std::move(record), options.max_instances_per_key);
+            }
+            try {
+                rename_no_replace(partial, final_path);
+                break;
+            } catch (const Error& e) {
+                if (reservation) ledger->release(*reservation);
+                if (e.code().value() != EEXIST || attempt >= 1000) throw;
+                final_path = instance_path(++number);
+            } catch (...) {
+                if (reservation) ledger->release(*reservation);
+                throw;
+            }
         }
-        try {
-            rename_no_replace(partial, final_path);
-        } catch (...) {
-            if (reservation) ledger->release(*reservation);
-            throw;
-        }
+        instance.image = final_path;
         temporary.dismiss();
         fsync_directory(out_dir);
         report.instances.push_back(std::move(instance));
@@ -807,8 +846,8 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
         reservation = ledger->reserve(std::move(record), options.max_instances_per_key);
     }
     try {
-        const std::filesystem::path partial = out.parent_path() / ("." + out.filename().string() + ".partial");
-        ::unlink(partial.c_str());
+        const std::filesystem::path partial =
+            out.parent_path() / ("." + out.filename().string() + "." + std::to_string(::getpid()) + ".partial");
         TemporaryFile temporary(partial);
         {
             DeviceLock base_lock = DeviceLock::acquire(base, false);
