@@ -66,6 +66,8 @@ class TangServer:
         """S256 thumbprints of the server's signing keys, computed by stock `jose` from the key files."""
         thps = []
         for jwk in sorted(self.keydir.glob("*.jwk")):
+            if jwk.name.startswith("."):  # rotated out: tangd no longer advertises it
+                continue
             if "verify" in json.loads(jwk.read_text()).get("key_ops", []):
                 thps.append(run("jose", "jwk", "thp", "-i", jwk).stdout.decode().strip())
         return thps

@@ -75,8 +75,19 @@ public:
             return false;
         }
     }
+    // For callbacks that only observe (steps, per-instance notices): call with the GIL released; when the
+    // callback raises, throw CallbackAborted so the C++ operation unwinds (its own cleanup runs) and the Python
+    // exception is re-raised by rethrow_if_failed().
+    template <typename... Args>
+    void notify(Args&&... args) {
+        if (!(*this)(std::forward<Args>(args)...) && error_) throw CallbackAborted();
+    }
     // Needs the GIL.
     void rethrow_if_failed();
+
+    struct CallbackAborted : std::exception {
+        const char* what() const noexcept override { return "aborted by a Python callback"; }
+    };
 
 private:
     py::object callback_;
@@ -139,5 +150,7 @@ void register_tang(py::module_& m);
 void register_clevis(py::module_& m);
 void register_policy(py::module_& m);
 void register_image(py::module_& m);
+void register_ledger(py::module_& m);
+void register_pipeline(py::module_& m);
 
 }  // namespace luksforge::python

@@ -10,4 +10,10 @@ PYBIND11_MODULE(_luksforge, m) {
     register_secrets(m);
     register_luks(m);
     register_pins(m);
+    register_tang(m);
+    register_clevis(m);
+    register_policy(m);
+    register_image(m);
+    register_ledger(m);
+    register_pipeline(m);
 }

@@ -1,0 +1,258 @@
+"""Helpers for luksforge's Lorax templates (lorax-templates/ in the source tree).
+
+Lorax renders a template with Mako inside its own Python process on the build host, so a template can
+``import luksforge`` and do real work before any template command runs. These helpers do that work:
+
+* :func:`prepare_runtime` checks the ``--add-template-var`` values (a policy file, or Tang URLs with pinned
+  thumbprints), fetches every Tang advertisement, verifies its signatures and the pinned signing key, and
+  stages a policy that names the verified advertisements as offline ``adv`` files — so installs bind without
+  trust-on-first-use. The runtime template then copies the staged files with plain Lorax commands.
+* :func:`check_kickstart` refuses a kickstart that would not produce an NBDE-ready install.
+
+Nothing here ever writes JSON onto a template line: Lorax brace-expands words holding ``{``, ``,`` and ``}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import tomllib
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _luksforge as _lf
+
+#: Where the runtime template puts the verified policy and advertisements. Lorax's runtime-cleanup.tmpl
+#: removes /usr/share/doc, /usr/share/man, /usr/local, /tmp/*, /var/tmp ... but nothing under these.
+RUNTIME_DIR = "/usr/share/luksforge"
+MAX_ADVERTISEMENT_BYTES = 1 << 20
+
+
+class TemplateVarError(ValueError):
+    """An ``--add-template-var`` value is missing or malformed (the message names the variable)."""
+
+
+@dataclass
+class StagedFile:
+    source: str  # relative to the template's root (inroot), as Lorax's `install` wants it
+    dest: str    # absolute path in the runtime
+    mode: str = "644"
+
+
+@dataclass
+class RuntimePlan:
+    staging: str  # staging directory, relative to root
+    dest_dir: str
+    files: list[StagedFile] = field(default_factory=list)
+    servers: list[dict] = field(default_factory=list)
+    pin: str = ""
+    threshold: int = 1
+
+
+def _split_list(value: str, name: str) -> list[str]:
+    items = [item.strip() for item in re.split(r"[\s,]+", value or "") if item.strip()]
+    if not items:
+        raise TemplateVarError(f"{name} is empty")
+    return items
+
+
+_THUMBPRINT = re.compile(r"^[A-Za-z0-9_-]{27}$|^[A-Za-z0-9_-]{43}$")
+
+
+def _check_url(url: str, name: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise TemplateVarError(f"{name}: {url!r} is not an http(s) URL")
+    return url.rstrip("/")
+
+
+def fetch_advertisement_jws(url: str, thp: str, timeout_ms: int = 10000) -> bytes:
+    """GET {url}/adv/{thp} as served (the signed JWS, byte for byte), capped in size, no redirects."""
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):  # a Tang server never redirects; refuse to follow
+            return None
+
+    opener = urllib.request.build_opener(_NoRedirect)
+    request = urllib.request.Request(f"{url}/adv/{urllib.parse.quote(thp)}", headers={"Accept": "application/jose+json"})
+    try:
+        with opener.open(request, timeout=timeout_ms / 1000) as response:
+            body = response.read(MAX_ADVERTISEMENT_BYTES + 1)
+    except OSError as e:  # URLError, HTTPError, timeouts
+        raise _lf.TangError(f"{url}: cannot fetch the advertisement for {thp}: {e}") from None
+    if len(body) > MAX_ADVERTISEMENT_BYTES:
+        raise _lf.TangError(f"{url}: advertisement larger than {MAX_ADVERTISEMENT_BYTES} bytes")
+    return body
+
+
+def verify_advertisement(url: str, jws: bytes, thp: str) -> "_lf.Advertisement":
+    """Every signature must verify (luksforge.parse_advertisement) and the pinned key `thp` must be a signer."""
+    adv = _lf.parse_advertisement(jws.decode("utf-8"))
+    if not adv.signed:
+        raise _lf.TangError(f"{url}: the advertisement is not signed")
+    if not adv.has_signing_key(thp):
+        raise _lf.TangError(f"{url}: the advertisement is not signed by the pinned key {thp} "
+                            f"(its signing keys: {', '.join(adv.signing_thumbprints)})")
+    if not adv.exchange_thumbprints:
+        raise _lf.TangError(f"{url}: the advertisement has no exchange (deriveKey) key")
+    return adv
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    raise TemplateVarError(f"cannot write {value!r} to TOML")
+
+
+def _write_policy(document: dict) -> str:
+    """TOML for the policy schema (docs/policy.md): top-level scalars, [[tang]] entries, [luks], [keyslot]."""
+    lines = []
+    for key, value in document.items():
+        if not isinstance(value, (dict, list)):
+            lines.append(f"{key} = {_toml_value(value)}")
+    for table, value in document.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{table}]"] + [f"{k} = {_toml_value(v)}" for k, v in value.items()]
+        elif isinstance(value, list):
+            for entry in value:
+                lines += ["", f"[[{table}]]"] + [f"{k} = {_toml_value(v)}" for k, v in entry.items()]
+    return "\n".join(lines) + "\n"
+
+
+def prepare_runtime(root: str, *, policy: str = "", tang: str = "", thp: str = "", threshold: str = "",
+                    timeout_ms: str = "10000", dest_dir: str = RUNTIME_DIR) -> RuntimePlan:
+    """Validate the template variables, fetch and verify every advertisement, and stage the runtime files.
+
+    Either `policy` (a policy file on the build host) or `tang` (Tang URLs) with `thp` (one pinned signing-key
+    thumbprint per URL, same order) and optionally `threshold`. Lists are separated by spaces or commas.
+    Raises TemplateVarError, luksforge.FormatError (bad policy) or luksforge.TangError (fetch or trust failed),
+    which makes Lorax abort at render time before anything is written into the runtime.
+    """
+    if bool(policy) == bool(tang):
+        raise TemplateVarError("set exactly one of luksforge_policy=FILE or luksforge_tang=URL[,URL...]")
+    try:
+        timeout = int(timeout_ms)
+    except ValueError:
+        raise TemplateVarError(f"luksforge_timeout_ms: {timeout_ms!r} is not a number") from None
+
+    if policy:
+        if thp or threshold:
+            raise TemplateVarError("luksforge_thp/luksforge_threshold go with luksforge_tang, not with a policy")
+        policy_path = Path(policy)
+        parsed = _lf.Policy.load(policy_path)
+        parsed.require_valid()  # schema, thresholds, thumbprints, offline advertisements: all before any fetch
+        with open(policy_path, "rb") as f:
+            document = tomllib.load(f)
+        servers = []
+        for entry, server in zip(document.get("tang", []), parsed.servers):
+            if server.thp is None and server.adv is None:
+                raise TemplateVarError(f"{policy}:{server.line}: {server.url} has neither thp nor adv: an "
+                                       "installer must not trust a Tang server on first use")
+            servers.append((entry, server.url, server.thp, server.adv))
+    else:
+        urls = [_check_url(u, "luksforge_tang") for u in _split_list(tang, "luksforge_tang")]
+        thps = _split_list(thp, "luksforge_thp") if thp else []
+        if len(thps) != len(urls):
+            raise TemplateVarError(f"luksforge_thp needs one pinned thumbprint per Tang URL "
+                                   f"({len(urls)} URLs, {len(thps)} thumbprints)")
+        for t in thps:
+            if not _THUMBPRINT.match(t):
+                raise TemplateVarError(f"luksforge_thp: {t!r} is not a base64url S256 or S1 thumbprint")
+        try:
+            t_value = int(threshold) if threshold else 1
+        except ValueError:
+            raise TemplateVarError(f"luksforge_threshold: {threshold!r} is not a number") from None
+        if not 1 <= t_value <= len(urls):
+            raise TemplateVarError(f"luksforge_threshold must be between 1 and {len(urls)}, not {t_value}")
+        document = {"threshold": t_value, "trust_on_first_use": False, "tang": []}
+        servers = []
+        for url, t in zip(urls, thps):
+            entry = {"url": url, "thp": t}
+            document["tang"].append(entry)
+            servers.append((entry, url, t, None))
+
+    root_tmp = Path(root) / "tmp"
+    root_tmp.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="luksforge-", dir=root_tmp))
+    plan = RuntimePlan(staging=str(staging.relative_to(root)), dest_dir=dest_dir)
+    verified = []
+    for index, (entry, url, pinned, offline) in enumerate(servers, start=1):
+        if offline is not None:
+            raw = Path(offline).read_bytes()
+            adv = _lf.parse_advertisement(raw.decode("utf-8"))
+            if pinned and not adv.has_signing_key(pinned):
+                raise _lf.TangError(f"{url}: the offline advertisement {offline} is not signed by {pinned}")
+        else:
+            raw = fetch_advertisement_jws(url, pinned, timeout)
+            adv = verify_advertisement(url, raw, pinned)
+        name = f"tang-{index}.jws"
+        (staging / name).write_bytes(raw)
+        # Exactly what a bind in the installed system will do with this file: no network, no TOFU.
+        config = {"url": url, "adv": str(staging / name)}
+        if pinned:
+            config["thp"] = pinned
+        trusted = _lf.trusted_advertisement(config)
+        entry.pop("adv", None)
+        entry["adv"] = name  # relative to the policy file: valid in staging and in the runtime alike
+        verified.append({"url": url, "thp": pinned, "adv": f"{dest_dir}/{name}", "trust": trusted.source,
+                         "signing_thumbprints": adv.signing_thumbprints,
+                         "exchange_thumbprints": adv.exchange_thumbprints,
+                         "sha256": hashlib.sha256(raw).hexdigest()})
+        plan.files.append(StagedFile(f"{plan.staging}/{name}", f"{dest_dir}/{name}"))
+
+    policy_text = _write_policy(document)
+    (staging / "policy.toml").write_text(policy_text)
+    runtime_policy = _lf.Policy.parse(policy_text, source=f"{dest_dir}/policy.toml", base_dir=staging)
+    runtime_policy.require_valid()
+    plan.pin, plan.threshold, plan.servers = runtime_policy.pin, runtime_policy.threshold, verified
+    plan.files.append(StagedFile(f"{plan.staging}/policy.toml", f"{dest_dir}/policy.toml"))
+
+    summary = {"luksforge": _lf.__version__, "verified_at": _lf.utc_timestamp(), "pin": plan.pin,
+               "threshold": plan.threshold, "policy": f"{dest_dir}/policy.toml", "servers": verified}
+    (staging / "verified.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plan.files.append(StagedFile(f"{plan.staging}/verified.json", f"{dest_dir}/verified.json"))
+    for f in plan.files:
+        _check_template_word(f.source)
+        _check_template_word(f.dest)
+    return plan
+
+
+def _check_template_word(word: str) -> None:
+    # Lorax shlex-splits and brace-expands every line: a path must stay one word.
+    if any(c in word for c in "{}, \t\n'\"\\"):
+        raise TemplateVarError(f"{word!r} cannot be used on a Lorax template line")
+
+
+_POST_SECTION = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
+
+
+def check_kickstart(text: str, name: str = "kickstart") -> None:
+    """Refuse a kickstart that would not make an NBDE-ready LUKS2 install (raises TemplateVarError)."""
+    problems = []
+    parts = [line for line in text.splitlines() if re.match(r"^\s*(part|logvol|raid)\s", line)]
+    encrypted = [line for line in parts if "--encrypted" in line.split()]
+    if not encrypted:
+        problems.append("no 'part ... --encrypted' line")
+    for line in encrypted:
+        if "--luks-version=luks2" not in line.split():
+            problems.append(f"encrypted without --luks-version=luks2: {line.strip()}")
+    posts = [m for m in _POST_SECTION.finditer(text) if "--nochroot" not in m.group("args")]
+    if not any(re.search(r"\bluksforge\s+bind\b", m.group("body")) for m in posts):
+        problems.append("no %post runs 'luksforge bind'")
+    if not any(re.search(r"\bluksforge\s+unlock\b.*--test", m.group("body")) for m in posts):
+        problems.append("no %post verifies the binding with 'luksforge unlock ... --test'")
+    if "rd.neednet=1" not in text:
+        problems.append("the initramfs is not given rd.neednet=1")
+    if not re.search(r"\bdracut\b[^\n]*-f", text):
+        problems.append("the initramfs is not regenerated (dracut -f)")
+    if problems:
+        raise TemplateVarError(f"{name}: " + "; ".join(problems))
