@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <unistd.h>
 
@@ -224,6 +225,18 @@ std::string rotated_config_from_old(std::string_view compact_jwe, const PinOptio
                     last_error + "); pass a config with \"thp\" (or trust-on-first-use)");
 }
 
+// The kernel registers the device-mapper misc device when dm_mod is loaded; a /dev/mapper/control node alone
+// (e.g. in a container) does not mean it works.
+bool device_mapper_available() {
+    if (::access("/dev/mapper/control", F_OK) != 0) return false;
+    std::ifstream misc("/proc/misc");
+    if (!misc) return true;  // cannot tell: let libcryptsetup try
+    std::string line;
+    while (std::getline(misc, line))
+        if (line.find("device-mapper") != std::string::npos) return true;
+    return false;
+}
+
 }  // namespace
 
 std::string token_json(int keyslot, std::string_view compact_jwe) {
@@ -287,6 +300,8 @@ Unlocked unlock(const Volume& volume, std::optional<int> keyslot, const PinOptio
         const std::string who = "token " + std::to_string(token.id);
         try {
             const std::optional<int> slot = token_keyslot(token);
+            if (token.keyslots.empty())
+                throw NotFoundError("it names no keyslot (its keyslot was removed without the token)");
             if (!slot) throw FormatError("it names " + std::to_string(token.keyslots.size()) + " keyslots, not one");
             if (!volume.keyslot(*slot))
                 throw NotFoundError("it names keyslot " + std::to_string(*slot) + ", which does not exist");
@@ -389,9 +404,9 @@ RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options) {
 }
 
 void activate(Volume& volume, std::string_view name, const SecretBuffer& passphrase, int keyslot) {
-    if (::access("/dev/mapper/control", F_OK) != 0)
+    if (!device_mapper_available())
         throw Error(ENODEV, "cannot activate '" + std::string(name) +
-                                "': device-mapper is not available here (no /dev/mapper/control; dm_mod not loaded?)");
+                                "': device-mapper is not available in this kernel (dm_mod not loaded?)");
     auto guard = detail::cryptsetup_guard();
     detail::clear_crypt_error();
     const std::string mapped(name);

@@ -1,0 +1,366 @@
+// Clevis LUKS2 bindings against a real Tang, stock `clevis luks`, `cryptsetup` and `jose`: bind/pass/list/unlock
+// both ways, key rotation and regen, and bad inputs that must fail clearly without changing the header.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "tang_server.hpp"
+#include "testutil.hpp"
+
+#include <luksforge/clevis.hpp>
+#include <luksforge/error.hpp>
+#include <luksforge/luks.hpp>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include <string>
+
+using namespace luksforge;
+using namespace luksforge::test;
+
+namespace {
+
+constexpr std::uint64_t kMiB = 1ull << 20;
+const std::string kPass = "build passphrase for the tests";
+
+struct Image {
+    TempDir dir;
+    std::filesystem::path path = dir / "disk.img";
+    std::filesystem::path pass_file = dir / "pass";
+    Image() {
+        make_sparse_file(path, 32 * kMiB);
+        FormatOptions options;
+        options.pbkdf = Pbkdf::pbkdf2_fast();
+        Volume volume = Volume::format(path, options);
+        REQUIRE(volume.add_keyslot_by_volume_key(kPass) == 0);
+        write_file(pass_file, kPass);
+    }
+    std::string header() const { return read_file_bytes(path, 0, 16 * kMiB); }
+};
+
+std::string pinned(const TangServer& tang) {
+    return R"({"url":")" + tang.url() + R"(","thp":")" + tang.thumbprint() + R"("})";
+}
+
+std::string json_get(const std::string& json, const std::vector<std::string>& path) {
+    json_error_t error;
+    json_t* root = json_loads(json.c_str(), 0, &error);
+    REQUIRE_MESSAGE(root != nullptr, json);
+    json_t* v = root;
+    for (const auto& key : path) v = json_is_array(v) ? json_array_get(v, std::stoul(key)) : json_object_get(v, key.c_str());
+    std::string result;
+    if (json_is_string(v)) {
+        result = json_string_value(v);
+    } else if (v) {
+        char* text = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        result = text;
+        free(text);
+    }
+    json_decref(root);
+    return result;
+}
+
+// Bind through the CLI; returns the new keyslot.
+int cli_bind(const Image& image, const std::string& config, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"bind", image.path.string(), "tang", config, "--passphrase-file",
+                                     image.pass_file.string(), "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const RunResult r = run_cli(args);
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(json_get(r.out, {"verified"}) == "true");
+    return std::stoi(json_get(r.out, {"keyslot"}));
+}
+
+bool cryptsetup_accepts(const Image& image, int slot, const std::string& passphrase) {
+    return run({"cryptsetup", "open", "--test-passphrase", "--key-slot", std::to_string(slot), image.path.string(),
+                "--key-file", "-"},
+               passphrase)
+               .exit_code == 0;
+}
+
+std::string token_of_slot(const Image& image, int slot) {
+    const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+    for (const Token& t : volume.tokens())
+        if (t.type == "clevis" && t.keyslots == std::vector<int>{slot}) return t.json;
+    return {};
+}
+
+}  // namespace
+
+TEST_CASE("luksforge bind, then stock clevis luks pass/list and cryptsetup accept it") {
+    TangServer tang;
+    Image image;
+    const int slot = cli_bind(image, pinned(tang));
+    CHECK(slot == 1);
+
+    // Clevis's token layout exactly.
+    const std::string token = token_of_slot(image, slot);
+    REQUIRE_FALSE(token.empty());
+    CHECK(json_get(token, {"type"}) == "clevis");
+    CHECK(json_get(token, {"keyslots"}) == R"(["1"])");
+    CHECK(json_get(token, {"jwe", "encrypted_key"}).empty());
+    CHECK(token.find(R"("encrypted_key":"")") != std::string::npos);  // present, empty (udisks2 needs it)
+
+    const RunResult pass = run({"clevis", "luks", "pass", "-d", image.path.string(), "-s", std::to_string(slot)});
+    REQUIRE_MESSAGE(pass.exit_code == 0, pass.err);
+    CHECK(pass.out.size() == 54);  // base64url of 40 random bytes
+    CHECK(cryptsetup_accepts(image, slot, pass.out));
+    CHECK_FALSE(cryptsetup_accepts(image, 0, pass.out));
+
+    // The keyslot is cheap pbkdf2 at 1000 iterations.
+    const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+    const auto keyslot = volume.keyslot(slot);
+    REQUIRE(keyslot);
+    CHECK(keyslot->pbkdf.type == Pbkdf::Type::pbkdf2);
+    CHECK(keyslot->pbkdf.iterations == 1000);
+
+    // luksforge pass gives the same passphrase; list matches `clevis luks list` byte for byte.
+    CHECK(run_cli({"pass", image.path.string(), "--slot", std::to_string(slot)}).out == pass.out);
+    const RunResult stock_list = run({"clevis", "luks", "list", "-d", image.path.string()});
+    CHECK(stock_list.exit_code == 0);
+    CHECK(stock_list.out == "1: tang '{\"url\":\"" + tang.url() + "\"}'\n");
+    CHECK(run_cli({"list", image.path.string()}).out == stock_list.out);
+    CHECK(json_get(run_cli({"list", image.path.string(), "--json"}).out, {"0", "config", "url"}) == tang.url());
+
+    // unlock --test; --key-fd writes the passphrase to a descriptor.
+    CHECK(run_cli({"unlock", image.path.string(), "--test"}).exit_code == 0);
+    TempDir out;
+    const auto key_file = out / "key";
+    const int fd = ::open(key_file.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    const RunResult by_fd = run_cli({"unlock", image.path.string(), "--key-fd", std::to_string(fd)}, {}, {fd});
+    ::close(fd);
+    CHECK_MESSAGE(by_fd.exit_code == 0, by_fd.err);
+    CHECK(read_file_bytes(key_file) == pass.out);
+}
+
+TEST_CASE("stock clevis luks bind (-y, -k keyfile), then luksforge unlock and pass") {
+    TangServer tang;
+    Image image;
+    const RunResult bound =
+        run({"clevis", "luks", "bind", "-y", "-d", image.path.string(), "-k", image.pass_file.string(), "-s", "3",
+             "tang", R"({"url":")" + tang.url() + R"("})"});
+    REQUIRE_MESSAGE(bound.exit_code == 0, bound.err);
+    CHECK(run_cli({"unlock", image.path.string(), "--test"}).exit_code == 0);
+    const RunResult ours = run_cli({"pass", image.path.string(), "--slot", "3"});
+    REQUIRE_MESSAGE(ours.exit_code == 0, ours.err);
+    CHECK(ours.out == run_ok({"clevis", "luks", "pass", "-d", image.path.string(), "-s", "3"}));
+    CHECK(cryptsetup_accepts(image, 3, ours.out));
+    CHECK(run_cli({"list", image.path.string()}).out == run_ok({"clevis", "luks", "list", "-d", image.path.string()}));
+
+    // The library API returns token, keyslot and passphrase.
+    const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+    const clevis::Unlocked unlocked = clevis::unlock(volume);
+    CHECK(unlocked.keyslot == 3);
+    CHECK(unlocked.passphrase.view() == ours.out);
+}
+
+TEST_CASE("bind with the volume key right after format; unbind; the last keyslot is protected") {
+    TangServer tang;
+    TempDir dir;
+    const auto path = dir / "fresh.img";
+    make_sparse_file(path, 32 * kMiB);
+    FormatOptions options;
+    options.pbkdf = Pbkdf::pbkdf2_fast();
+    Volume volume = Volume::format(path, options);
+    const clevis::BindResult result = clevis::bind_with_volume_key(volume, "tang", pinned(tang));
+    CHECK(result.verification == clevis::Verification::verified);
+    CHECK(result.keyslot == 0);
+    CHECK(clevis::unlock(volume).keyslot == 0);
+    // The only keyslot: unbind refuses without force, and nothing changes.
+    const std::string before = read_file_bytes(path, 0, 16 * kMiB);
+    CHECK_THROWS_AS(clevis::unbind(volume, 0), FormatError);
+    CHECK(read_file_bytes(path, 0, 16 * kMiB) == before);
+    CHECK_THROWS_AS(clevis::unbind(volume, 5), NotFoundError);
+
+    volume.add_keyslot_by_volume_key(kPass, Pbkdf::pbkdf2_fast());
+    clevis::unbind(volume, 0);
+    CHECK(volume.tokens().empty());
+    CHECK_FALSE(volume.keyslot(0));
+    CHECK_THROWS_AS(clevis::unlock(volume), NotFoundError);
+}
+
+TEST_CASE("Tang key rotation: old binding still unlocks; regen moves it to the new key, never unbound") {
+    TangServer tang;
+    Image image;
+    const int slot = cli_bind(image, pinned(tang));
+    const std::string old_kid = json_get(
+        run_ok({"jose", "b64", "dec", "-i-"}, json_get(token_of_slot(image, slot), {"jwe", "protected"})), {"kid"});
+    tang.rotate();
+    CHECK(run_cli({"unlock", image.path.string(), "--test"}).exit_code == 0);
+    CHECK(run({"clevis", "luks", "pass", "-d", image.path.string(), "-s", std::to_string(slot)}).exit_code == 0);
+
+    const RunResult regen = run_cli({"regen", image.path.string(), "--slot", std::to_string(slot), "--json"});
+    REQUIRE_MESSAGE(regen.exit_code == 0, regen.err);
+    const int new_slot = std::stoi(json_get(regen.out, {"new", "keyslot"}));
+    CHECK(new_slot != slot);
+    CHECK(json_get(regen.out, {"new", "verified"}) == "true");
+    CHECK(token_of_slot(image, slot).empty());
+    {
+        const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+        CHECK_FALSE(volume.keyslot(slot));
+    }
+    const std::string new_token = token_of_slot(image, new_slot);
+    REQUIRE_FALSE(new_token.empty());
+    const std::string new_header = run_ok({"jose", "b64", "dec", "-i-"}, json_get(new_token, {"jwe", "protected"}));
+    const std::string new_kid = json_get(new_header, {"kid"});
+    CHECK(new_kid != old_kid);
+    // The new kid is the current (advertised) exchange key.
+    CHECK(std::filesystem::exists(tang.key_dir() / (new_kid + ".jwk")));
+    CHECK(std::filesystem::exists(tang.key_dir() / ("." + old_kid + ".jwk")));
+    const std::string pass = run_ok({"clevis", "luks", "pass", "-d", image.path.string(), "-s", std::to_string(new_slot)});
+    CHECK(cryptsetup_accepts(image, new_slot, pass));
+    CHECK(run_cli({"list", image.path.string()}).out ==
+          std::to_string(new_slot) + ": tang '{\"url\":\"" + tang.url() + "\"}'\n");
+}
+
+TEST_CASE("offline advertisement and the server down: bound but plainly NOT verified") {
+    TangServer tang;
+    Image image;
+    const std::string config = R"({"url":")" + tang.url() + R"(","adv":)" + tang.advertisement() + "}";
+    tang.stop();
+    const RunResult r = run_cli({"bind", image.path.string(), "tang", config, "--passphrase-file",
+                                 image.pass_file.string(), "--json", "--timeout", "1000"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(json_get(r.out, {"verified"}) == "false");
+    CHECK(json_get(r.out, {"verification"}) == "server_unreachable");
+    CHECK(r.err.find("NOT verified") != std::string::npos);
+    CHECK(run_cli({"unlock", image.path.string(), "--test"}).exit_code != 0);
+    tang.start();
+    CHECK(run_cli({"unlock", image.path.string(), "--test"}).exit_code == 0);
+}
+
+TEST_CASE("bad inputs: each a clear error, the header bytes unchanged") {
+    TangServer tang;
+    Image image;
+    const std::string before = image.header();
+    auto bind_fails = [&](const std::string& pin, const std::string& config, const std::string& expected,
+                          std::vector<std::string> extra = {}) {
+        std::vector<std::string> args = {"bind", image.path.string(), pin, config, "--passphrase-file",
+                                         image.pass_file.string(), "--timeout", "700"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        const RunResult r = run_cli(args);
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find(expected) != std::string::npos, r.err);
+        CHECK(r.err.find('\n') == r.err.size() - 1);  // one line
+        CHECK(image.header() == before);
+        return r.exit_code;
+    };
+    auto cfg = [](const std::string& url) { return R"({"url":")" + url + R"(","thp":"x"})"; };
+
+    SUBCASE("Tang down") {
+        const std::string config = pinned(tang);
+        tang.stop();
+        CHECK(bind_fails("tang", config, "unreachable") == 6);
+    }
+    SUBCASE("too slow") {
+        BadServer slow(200, "{}", 5.0);
+        bind_fails("tang", cfg(slow.url()), "timed out");
+    }
+    SUBCASE("HTTP 404") {
+        BadServer missing(404, "");
+        bind_fails("tang", cfg(missing.url()), "HTTP 404");
+    }
+    SUBCASE("garbage advertisement") {
+        BadServer garbage(200, "<html>nope</html>");
+        bind_fails("tang", cfg(garbage.url()), "malformed advertisement");
+    }
+    SUBCASE("unsigned advertisement") {
+        const std::string payload = json_get(tang.advertisement(), {"payload"});
+        BadServer unsigned_adv(200, R"({"payload":")" + payload + R"(","signatures":[]})");
+        bind_fails("tang", cfg(unsigned_adv.url()), "unsigned");
+    }
+    SUBCASE("wrong thumbprint") {
+        bind_fails("tang", R"({"url":")" + tang.url() + R"(","thp":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})",
+                   "HTTP 404");
+        TangServer other;
+        bind_fails("tang",
+                   R"({"url":")" + tang.url() + R"(","thp":")" + other.thumbprint() + R"(","adv":)" +
+                       tang.advertisement() + "}",
+                   "thumbprint mismatch");
+    }
+    SUBCASE("untrusted without explicit trust-on-first-use") {
+        bind_fails("tang", R"({"url":")" + tang.url() + R"("})", tang.thumbprint());
+    }
+    SUBCASE("wrong existing passphrase") {
+        write_file(image.pass_file, "wrong");
+        CHECK(bind_fails("tang", pinned(tang), "passphrase") == 3);
+    }
+    SUBCASE("unknown pin and malformed config") {
+        CHECK(bind_fails("tpm9", "{}", "unknown pin") == 7);
+        CHECK(bind_fails("tang", "{not json", "not valid JSON") == 7);
+    }
+    SUBCASE("keyslot in use") {
+        bind_fails("tang", pinned(tang), "already in use", {"--slot", "0"});
+    }
+    SUBCASE("token would not fit the LUKS2 metadata") {
+        // Fill the 16 KiB metadata area with a large foreign token, leaving too little room for ours.
+        {
+            Volume volume = Volume::open(image.path);
+            volume.set_token(R"({"type":"filler","keyslots":[],"data":")" + std::string(9800, 'x') + R"("})");
+        }
+        const std::string filled = image.header();
+        const RunResult r = run_cli({"bind", image.path.string(), "tang", pinned(tang), "--passphrase-file",
+                                     image.pass_file.string()});
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("do not fit") != std::string::npos, r.err);
+        CHECK(image.header() == filled);
+    }
+}
+
+TEST_CASE("tampered token and a token whose keyslot is gone: clear unlock errors, nothing changed") {
+    TangServer tang;
+    Image image;
+    const int slot = cli_bind(image, pinned(tang));
+    SUBCASE("tampered ciphertext") {
+        std::string token = token_of_slot(image, slot);
+        const std::string ciphertext = json_get(token, {"jwe", "ciphertext"});
+        std::string flipped = ciphertext;
+        flipped[0] = flipped[0] == 'A' ? 'B' : 'A';
+        token.replace(token.find(ciphertext), ciphertext.size(), flipped);
+        {
+            Volume volume = Volume::open(image.path);
+            volume.remove_token(0);
+            CHECK(volume.set_token(token) == 0);
+        }
+        const std::string before = image.header();
+        const RunResult r = run_cli({"unlock", image.path.string(), "--test"});
+        CHECK(r.exit_code == 3);
+        CHECK_MESSAGE(r.err.find("token 0") != std::string::npos, r.err);
+        CHECK_MESSAGE(r.err.find("does not decrypt") != std::string::npos, r.err);
+        CHECK(run_cli({"pass", image.path.string()}).out.empty());
+        CHECK(run({"clevis", "luks", "pass", "-d", image.path.string(), "-s", std::to_string(slot)}).exit_code != 0);
+        CHECK(image.header() == before);
+    }
+    SUBCASE("keyslot removed behind luksforge's back") {
+        REQUIRE(run({"cryptsetup", "luksKillSlot", "-q", image.path.string(), std::to_string(slot)}).exit_code == 0);
+        const std::string before = image.header();
+        const RunResult r = run_cli({"unlock", image.path.string(), "--test"});
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("names no keyslot") != std::string::npos, r.err);
+        CHECK(image.header() == before);
+    }
+    SUBCASE("Tang down at unlock") {
+        tang.stop();
+        const RunResult r = run_cli({"unlock", image.path.string(), "--test", "--timeout", "700"});
+        CHECK(r.exit_code == 6);
+        CHECK_MESSAGE(r.err.find("unreachable") != std::string::npos, r.err);
+    }
+}
+
+TEST_CASE("activate needs device-mapper: a clear error here") {
+    TangServer tang;
+    Image image;
+    cli_bind(image, pinned(tang));
+    const RunResult r = run_cli({"unlock", image.path.string(), "--name", "luksforge-test"});
+    const bool dm = run({"grep", "-q", "device-mapper", "/proc/misc"}).exit_code == 0;
+    if (dm) {
+        MESSAGE("device-mapper present: activation result " << r.exit_code);
+        if (r.exit_code == 0) run({"cryptsetup", "close", "luksforge-test"});
+    } else {
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("device-mapper") != std::string::npos, r.err);
+    }
+}
