@@ -1,0 +1,102 @@
+#!/usr/bin/python3
+"""Seal and stamp a disk image made by livemedia-creator --make-disk (it has no post-build hook).
+
+livemedia-creator runs the kickstart's %post once, so every copy of its image shares one LUKS volume key.
+This step, run on <resultdir>/<image> after livemedia-creator exits:
+
+1. finds the LUKS2 partition of the whole-disk image (GPT or MBR) or takes a bare LUKS image;
+2. gets a passphrase that opens it: --build-passphrase-file, or — when the kickstart's %post already bound
+   the volume to Tang and removed the build passphrase (kickstarts/lmc-make-disk.ks) — the passphrase its
+   Clevis token recovers through Tang;
+3. seals it (`luksforge seal`): fresh volume key by re-encryption, the policy's pins bound and verified
+   through the real Tang servers, then that passphrase's keyslot removed; writes the JSON report;
+4. with --count N, stamps N instances into --out, each with its own volume key and verified binding.
+
+Run `qemu-img convert` afterwards if another format than raw is wanted.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import luksforge
+
+
+def recover_passphrase(image: Path, partition, network) -> "luksforge.Secret":
+    target = luksforge.select_luks_target(image, partition=partition)
+    with luksforge.attach_target(target, read_only=True) as attached:
+        with luksforge.Volume.open(attached.device, read_only=True) as volume:
+            return volume.unlock(network=network).passphrase
+
+
+def drop_stale_tokens(image: Path, partition) -> list:
+    """Remove clevis tokens bound to no keyslot (the %post binding whose keyslot seal removed): they open
+    nothing, and `clevis luks list`/`pass` would trip over them."""
+    target = luksforge.select_luks_target(image, partition=partition)
+    with luksforge.attach_target(target) as attached, luksforge.Volume.open(attached.device) as volume:
+        stale = [t.id for t in volume.tokens() if t.type == "clevis" and not t.keyslots]
+        for token in stale:
+            volume.remove_token(token)
+    return stale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("image", type=Path, help="the disk image livemedia-creator wrote")
+    parser.add_argument("--policy", type=Path, required=True, help="deployment policy (TOML)")
+    parser.add_argument("--build-passphrase-file", type=Path,
+                        help="file holding the kickstart's build passphrase (default: recover it via Clevis)")
+    parser.add_argument("--partition", type=int, help="LUKS2 partition number when the image has several")
+    parser.add_argument("--report", type=Path, help="seal report (default: IMAGE.seal.json)")
+    parser.add_argument("--ledger", type=Path, help="key ledger database (default: none)")
+    parser.add_argument("--count", type=int, default=0, help="stamp this many unique instances")
+    parser.add_argument("--out", type=Path, help="directory for the instances (with --count)")
+    parser.add_argument("--timeout-ms", type=int, default=10000, help="per-request Tang timeout")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    if args.count and not args.out:
+        parser.error("--count needs --out")
+
+    def say(message):
+        if not args.quiet:
+            print(f"lmc-postbuild: {message}", file=sys.stderr, flush=True)
+
+    network = luksforge.NetworkOptions(total_timeout_ms=args.timeout_ms)
+    try:
+        if args.build_passphrase_file:
+            passphrase = luksforge.read_secret_file(args.build_passphrase_file)
+        else:
+            say("recovering the build-time binding's passphrase through Tang")
+            passphrase = recover_passphrase(args.image, args.partition, network)
+        with passphrase:
+            last = [-1]
+
+            def progress(done, total):
+                percent = 100 * done // max(total, 1)
+                if percent // 10 != last[0] // 10:
+                    say(f"re-encrypting: {percent}%")
+                last[0] = percent
+
+            report = luksforge.seal(args.image, passphrase, policy=args.policy, partition=args.partition,
+                                    ledger=args.ledger, network=network, on_step=lambda s: say(f"seal: {s}"),
+                                    progress=progress)
+        for token in drop_stale_tokens(args.image, args.partition):
+            say(f"removed clevis token {token}: its keyslot is gone")
+        report_path = args.report or args.image.with_name(args.image.name + ".seal.json")
+        report_path.write_text(report.to_json() + "\n")
+        say(f"sealed {report.image}: volume key {report.fingerprint_before[:16]}… → {report.fingerprint_after[:16]}…"
+            f" (report: {report_path})")
+        if args.count:
+            stamped = luksforge.stamp(args.image, args.count, args.out, policy=args.policy,
+                                      partition=args.partition, ledger=args.ledger, network=network,
+                                      on_instance=lambda path, i, n: say(f"stamped {i + 1}/{n}: {path}"))
+            for instance in stamped.instances:
+                print(instance.image)
+    except (luksforge.Error, OSError) as e:
+        print(f"lmc-postbuild: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
