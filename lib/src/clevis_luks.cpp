@@ -269,11 +269,16 @@ std::string token_to_compact(std::string_view token_text) {
 
 BindResult bind(Volume& volume, std::string_view pin, std::string_view config_json,
                 std::string_view existing_passphrase, const BindOptions& options) {
-    // Check the existing passphrase before the (possibly slow) network work, and on a cheap path: no change.
-    if (!volume.test_passphrase(existing_passphrase))
+    // Derive the volume key once, before any network work: a wrong passphrase fails early, and the new
+    // keyslot is then added by volume key — exactly one (possibly slow, argon2id) derivation per bind.
+    SecretBuffer volume_key;
+    try {
+        volume_key = volume.volume_key(existing_passphrase);
+    } catch (const AuthError&) {
         throw AuthError("the existing passphrase opens no keyslot of " + volume.path().string());
+    }
     return bind_impl(volume, pin, config_json, options, [&](std::string_view fresh, const Pbkdf& pbkdf, int slot) {
-        return volume.add_keyslot(existing_passphrase, fresh, pbkdf, slot);
+        return volume.add_keyslot_by_volume_key(fresh, pbkdf, slot, &volume_key);
     });
 }
 
