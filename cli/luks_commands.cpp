@@ -8,6 +8,11 @@
 
 #include <fmt/core.h>
 
+#include <signal.h>
+
+#include <cerrno>
+#include <csignal>
+
 #include <memory>
 #include <optional>
 #include <string>
@@ -52,6 +57,34 @@ struct PbkdfOptions {
             throw FormatError("--pbkdf-memory and --pbkdf-parallel apply to argon2 only");
         return pbkdf;
     }
+};
+
+// While alive, SIGINT and SIGTERM only set a flag (polled by long operations); the old handlers come back after.
+class InterruptGuard {
+public:
+    InterruptGuard() {
+        flag() = 0;
+        struct sigaction action {};
+        action.sa_handler = [](int) { flag() = 1; };
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGINT, &action, &old_int_);
+        sigaction(SIGTERM, &action, &old_term_);
+    }
+    ~InterruptGuard() {
+        sigaction(SIGINT, &old_int_, nullptr);
+        sigaction(SIGTERM, &old_term_, nullptr);
+    }
+    InterruptGuard(const InterruptGuard&) = delete;
+    InterruptGuard& operator=(const InterruptGuard&) = delete;
+    static bool requested() { return flag() != 0; }
+
+private:
+    static volatile std::sig_atomic_t& flag() {
+        static volatile std::sig_atomic_t value = 0;
+        return value;
+    }
+    struct sigaction old_int_ {};
+    struct sigaction old_term_ {};
 };
 
 // Two secrets cannot both come from one stdin.
@@ -260,6 +293,7 @@ void register_rekey(CLI::App& app) {
         std::vector<std::string> passphrase_files;
         bool drop_others = false;
         std::string cipher;
+        std::string hotzone;
         bool json = false;
     };
     auto o = std::make_shared<Options>();
@@ -269,6 +303,8 @@ void register_rekey(CLI::App& app) {
     add_secret_files_option(*cmd, o->passphrase_files, "passphrase", "A passphrase whose keyslot survives", true);
     cmd->add_flag("--drop-other-keyslots", o->drop_others, "Remove keyslots no given passphrase opens");
     cmd->add_option("--cipher", o->cipher, "New data cipher (default: keep)");
+    cmd->add_option("--hotzone-size", o->hotzone, "Largest chunk re-encrypted between header updates (default: libcryptsetup's)")
+        ->check(size_validator());
     cmd->add_flag("--json", o->json, "Print old/new fingerprints and the keyslot map as JSON");
     set_action(*cmd, [o] {
         refuse_double_stdin(o->passphrase_files);
@@ -284,13 +320,20 @@ void register_rekey(CLI::App& app) {
             options.cipher = o->cipher.substr(0, dash);
             options.cipher_mode = o->cipher.substr(dash + 1);
         }
+        if (!o->hotzone.empty()) options.max_hotzone_bytes = parse_size(o->hotzone);
         ProgressBar bar("Re-encrypting");
+        // Ctrl-C / SIGTERM pause re-encryption between two chunks, leaving a clean, resumable header instead
+        // of one that needs crash recovery.
+        const InterruptGuard interrupt;
         options.progress = [&bar](const RekeyProgress& p) {
             bar.update(p.done_bytes, p.total_bytes);
-            return true;
+            return !InterruptGuard::requested();
         };
         Volume volume = Volume::open(o->image);
         const RekeyResult result = volume.rekey(views, options);
+        if (!result.completed) {
+            throw Error(EINTR, "re-encryption of " + o->image + " interrupted; run luksforge rekey again to resume");
+        }
         bar.finish();
         if (o->json) {
             std::string map;
