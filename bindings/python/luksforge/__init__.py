@@ -7,6 +7,7 @@ bytearray, memoryview, luksforge.Secret) and returned as wiping ``luksforge.Secr
 
 from . import _luksforge
 from ._luksforge import *  # noqa: F401,F403  (the public API is the extension's)
+from . import lorax  # noqa: F401  (helpers for the Lorax templates: luksforge.lorax)
 
 __all__ = [name for name in dir(_luksforge) if not name.startswith("_")]
 __version__ = getattr(_luksforge, "__version__", "0")

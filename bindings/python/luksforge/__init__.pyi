@@ -1,3 +1,4 @@
+from . import lorax as lorax
 from ._luksforge import *
 from ._luksforge import __version__ as __version__
 
