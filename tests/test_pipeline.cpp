@@ -521,3 +521,20 @@ TEST_CASE("seal a block device holding a GPT disk, bound 2-of-2 (sss) to two Tan
     }
     check_sealed(c, before);
 }
+
+TEST_CASE("seal refuses, before writing anything, a policy whose token would not fit the LUKS2 metadata") {
+    Env env;
+    // Seven servers (sss 4-of-7) do not fit the default 16 KiB metadata; the estimate needs no network.
+    std::string policy = "threshold = 4\n";
+    for (int i = 1; i <= 7; ++i)
+        policy += "[[tang]]\nurl = \"http://127.0.0.1:" + std::to_string(9 + i) + "\"\nthp = \"" +
+                  env.tang.thumbprint() + "\"\n";
+    write_file(env.policy, policy);
+    Candidate c = make_candidate(env.dir / "disk.img");
+    const std::string before = read_file_bytes(c.image);
+    RunResult result = env.seal(c.image);
+    CHECK(result.exit_code == 7);
+    CHECK(result.err.find("do not fit") != std::string::npos);
+    CHECK(read_file_bytes(c.image) == before);
+    check_no_loop_left(c.image);
+}
