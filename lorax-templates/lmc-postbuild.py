@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         if args.count:
             stamped = luksforge.stamp(args.image, args.count, args.out, policy=args.policy,
                                       partition=args.partition, ledger=args.ledger, network=network,
-                                      on_instance=lambda path, i, n: say(f"stamped {i + 1}/{n}: {path}"))
+                                      on_instance=lambda path, i, n: say(f"stamping {i + 1}/{n}: {path}"))
             for instance in stamped.instances:
                 print(instance.image)
     except (luksforge.Error, OSError) as e:

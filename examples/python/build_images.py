@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                                         on_step=lambda step: print(f"seal: {step}", file=sys.stderr))
             summary["sealed"] = report.to_dict()
         stamped = luksforge.stamp(args.base, args.count, args.out, policy=args.policy, ledger=args.ledger,
-                                  on_instance=lambda path, i, n: print(f"instance {i + 1}/{n}: {path}",
+                                  on_instance=lambda path, i, n: print(f"stamping {i + 1}/{n}: {path}",
                                                                        file=sys.stderr))
         summary["instances"] = [{"image": str(i.image), "fingerprint": i.fingerprint, "keyslot": i.keyslot}
                                 for i in stamped.instances]

@@ -199,8 +199,8 @@ with the GIL held); an exception raised in either stops seal where it is (rerun 
        "ledger"_a = py::none(), "drop_other_keyslots"_a = false, "keyslot_pbkdf"_a = py::none(),
        "trust_on_first_use"_a = false, "network"_a = py::none(), "on_instance"_a = py::none(),
        R"doc(Write `count` instances of the sealed `base` into `out_dir`, each with its own volume key, keyslot
-passphrase and verified binding (like `luksforge stamp`). `on_instance(path, index, count)` is called after
-each instance; an exception raised in it stops stamping and propagates.)doc");
+passphrase and verified binding (like `luksforge stamp`). `on_instance(path, index, count)` is called as each
+instance starts (index from 0); an exception raised in it stops stamping there and propagates.)doc");
 
     m.def("clone_image", [](const std::filesystem::path& base, const std::filesystem::path& out,
                             std::optional<std::filesystem::path> policy, std::optional<int> partition,
