@@ -8,6 +8,7 @@
 #include <luksforge/luks.hpp>
 #include <luksforge/policy.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -109,11 +110,12 @@ clevis::BindResult bind_under_policy(const std::string& image, const std::string
     policy.require_valid();
     Volume volume = Volume::open(image, Volume::Access::read_write);
     // Everything is measured before the first write: a refused bind leaves the header byte for byte as it was.
-    std::vector<PolicyProblem> problems;
-    const std::optional<PolicyProblem> fit = policy.binding_fits(volume);
-    if (fit) problems.push_back(*fit);
-    for (PolicyProblem& problem : policy.verify_volume(volume))
-        if (!fit || problem.message != fit->message) problems.push_back(std::move(problem));
+    // The token is measured exactly: the servers' advertisements are fetched (as the bind itself will).
+    std::vector<PolicyProblem> problems = policy.verify_volume(volume, network);
+    const std::vector<Token> tokens = volume.tokens();
+    const bool bound = std::any_of(tokens.begin(), tokens.end(), [](const Token& t) { return t.type == "clevis"; });
+    if (bound)  // verify_volume checks the room for a binding only on unbound volumes
+        if (auto fit = policy.binding_fits(volume, network)) problems.push_back(std::move(*fit));
     if (!problems.empty()) {
         std::string message = "refusing to bind " + image + " under policy " + policy_file + ": ";
         for (std::size_t i = 0; i < problems.size(); ++i) message += (i ? "; " : "") + problems[i].message;

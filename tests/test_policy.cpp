@@ -259,6 +259,10 @@ TEST_CASE("seven Tang servers and 16 KiB of metadata: refused with a clear messa
         const auto fits = policy.binding_fits(volume);
         REQUIRE(fits.has_value());
         CHECK(fits->message.find("do not fit the LUKS2 metadata") != std::string::npos);
+        // Measured exactly through the servers' advertisements, it still does not fit.
+        const auto measured = policy.binding_fits(volume, NetworkOptions{});
+        REQUIRE(measured.has_value());
+        CHECK(measured->message.find("about") == std::string::npos);
     }
     const RunResult bind = run_cli({"bind", image.string(), "--policy", (dir / "fleet.toml").string(),
                                     "--passphrase-file", keyfile.string()});
@@ -267,6 +271,44 @@ TEST_CASE("seven Tang servers and 16 KiB of metadata: refused with a clear messa
     CHECK(bind.err.find("do not fit the LUKS2 metadata") != std::string::npos);
     CHECK(bind.err.find("format --policy") != std::string::npos);
     CHECK(read_file_bytes(image, 0, 16 * kMiB) == before);
+}
+
+TEST_CASE("six Tang servers: bind --policy measures the token online and fits the default 16 KiB") {
+    auto servers = start_servers(6);
+    TempDir dir;
+    std::string blocks;
+    for (const auto& server : servers) blocks += tang_block(*server);
+    write_file(dir / "six.toml", "threshold = 3\n" + blocks);
+    const Policy policy = Policy::load(dir / "six.toml");
+    REQUIRE(policy.check().empty());
+    const TokenEstimate offline = policy.estimate_token();
+    const TokenEstimate online = policy.estimate_token(NetworkOptions{});
+    CHECK_FALSE(offline.measured);
+    CHECK(online.measured);
+    // The per-server estimate errs on the safe side, by a few percent.
+    CHECK(offline.token_bytes >= online.token_bytes);
+    CHECK(offline.token_bytes < online.token_bytes * 110 / 100);
+
+    const auto image = dir / "disk.img";
+    const auto keyfile = dir / "pass";
+    format_build_image(image, keyfile);
+    const RunResult bind = run_cli({"bind", image.string(), "--policy", (dir / "six.toml").string(),
+                                    "--passphrase-file", keyfile.string(), "--json"});
+    INFO(bind.err);
+    REQUIRE(bind.exit_code == 0);
+    Volume volume = Volume::open(image, Volume::Access::read_only);
+    const auto bindings = clevis::list(volume);
+    REQUIRE(bindings.size() == 1);
+    CHECK(bindings[0].pin == "sss");
+    CHECK(volume.inspect().metadata_bytes == 16 * 1024);
+    // The measured size is the real one: the stored token is exactly as long as predicted.
+    const auto token = volume.token(bindings[0].token);
+    REQUIRE(token.has_value());
+    CHECK(token->json.size() <= online.token_bytes);
+    CHECK(token->json.size() + 16 >= online.token_bytes);
+    const RunResult pass = run({"clevis", "luks", "pass", "-d", image.string(), "-s",
+                                std::to_string(bindings[0].keyslot)});
+    CHECK(pass.exit_code == 0);
 }
 
 TEST_CASE("seven Tang servers: format --policy reserves the metadata, bind --policy works, stock clevis unlocks") {

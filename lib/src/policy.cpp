@@ -311,6 +311,19 @@ struct Reader {
 };
 
 
+// Length of the primary header's JSON text as stored (it ends at the first NUL of the JSON area, which follows
+// the 4 KiB binary header); nullopt when the device cannot be read.
+std::optional<std::size_t> on_disk_json_length(const std::filesystem::path& device, std::uint64_t metadata_bytes) {
+    if (metadata_bytes <= binary_header_bytes) return std::nullopt;
+    std::ifstream in(device, std::ios::binary);
+    if (!in.seekg(static_cast<std::streamoff>(binary_header_bytes))) return std::nullopt;
+    std::string area(metadata_bytes - binary_header_bytes, '\0');
+    if (!in.read(area.data(), static_cast<std::streamsize>(area.size()))) return std::nullopt;
+    const std::size_t end = area.find('\0');
+    if (end == 0 || end == std::string::npos || area[0] != '{') return std::nullopt;
+    return end;
+}
+
 // The tang pin config Clevis takes for one server: {"url":..,"thp":..,"adv":FILE}.
 detail::JsonPtr tang_config(const PolicyTangServer& server) {
     detail::JsonPtr config = detail::json_take(json_object());
@@ -476,17 +489,17 @@ PinOptions Policy::pin_options(const NetworkOptions& network) const {
     return options;
 }
 
-TokenEstimate Policy::estimate_token() const {
+TokenEstimate Policy::estimate_token(const std::optional<NetworkOptions>& online) const {
     TokenEstimate estimate;
     const bool all_offline = !servers.empty() && std::all_of(servers.begin(), servers.end(), [](const auto& s) {
         return s.adv.has_value();
     });
-    if (all_offline) {
-        // Encrypt a throw-away passphrase against the offline advertisements: the exact size, no network.
+    if (all_offline || online) {
+        // Encrypt a throw-away passphrase: the size is exact (every length in the JWE is fixed by the
+        // advertisements, the URLs and the passphrase length). Offline advertisements need no network.
         const Pin chosen = pin();
         const SecretBuffer dummy = random_secret(clevis_passphrase_bytes);
-        PinOptions options = pin_options();
-        options.trust_on_first_use = false;
+        const PinOptions options = pin_options(online ? *online : NetworkOptions{});
         const std::string jwe = clevis_encrypt(chosen.name, chosen.config_json, dummy.bytes(), options);
         estimate.token_bytes = token_json_length(jwe.size());
         estimate.measured = true;
@@ -525,19 +538,22 @@ FormatOptions Policy::format_options() const {
     return options;
 }
 
-std::optional<PolicyProblem> Policy::binding_fits(const Volume& volume) const {
+std::optional<PolicyProblem> Policy::binding_fits(const Volume& volume,
+                                                  const std::optional<NetworkOptions>& online) const {
     std::size_t current_json = 0;
     std::uint64_t metadata = 0, keyslots_area = 0;
     {
         auto guard = detail::cryptsetup_guard();
         crypt_device* cd = volume.native_handle();
+        detail::check_crypt(crypt_get_metadata_size(cd, &metadata, &keyslots_area),
+                            "cannot read the LUKS2 metadata size of " + volume.path().string());
+        // crypt_dump_json() re-serialises with spacing; the compact on-disk text (read below) is what must fit.
         const char* json = nullptr;
         detail::check_crypt(crypt_dump_json(cd, &json, 0), "cannot read the LUKS2 metadata of " + volume.path().string());
         current_json = std::char_traits<char>::length(json);
-        detail::check_crypt(crypt_get_metadata_size(cd, &metadata, &keyslots_area),
-                            "cannot read the LUKS2 metadata size of " + volume.path().string());
     }
-    const TokenEstimate estimate = estimate_token();
+    if (const auto on_disk = on_disk_json_length(volume.path(), metadata)) current_json = *on_disk;
+    const TokenEstimate estimate = estimate_token(online);
     const std::size_t required = current_json + keyslot_json + token_entry_overhead + estimate.token_bytes;
     const std::size_t available = metadata > binary_header_bytes ? metadata - binary_header_bytes : 0;
     if (required <= available) return std::nullopt;
@@ -551,7 +567,8 @@ std::optional<PolicyProblem> Policy::binding_fits(const Volume& volume) const {
                              "); format the image with `luksforge format --policy` to reserve more, or use fewer servers"};
 }
 
-std::vector<PolicyProblem> Policy::verify_volume(const Volume& volume) const {
+std::vector<PolicyProblem> Policy::verify_volume(const Volume& volume,
+                                                 const std::optional<NetworkOptions>& online) const {
     std::vector<PolicyProblem> problems;
     const std::string where = volume.path().string();
     const Inspection inspection = volume.inspect();
@@ -585,7 +602,7 @@ std::vector<PolicyProblem> Policy::verify_volume(const Volume& volume) const {
     const bool bound = std::any_of(inspection.tokens.begin(), inspection.tokens.end(),
                                    [](const Token& t) { return t.type == "clevis"; });
     if (!bound)
-        if (auto fit = binding_fits(volume)) problems.push_back(std::move(*fit));
+        if (auto fit = binding_fits(volume, online)) problems.push_back(std::move(*fit));
     return problems;
 }
 

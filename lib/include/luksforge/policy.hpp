@@ -46,8 +46,8 @@ struct PolicyTangServer {
 struct TokenEstimate {
     std::size_t token_bytes = 0;      // the clevis token's JSON
     std::size_t required_json_bytes = 0;  // token + keyslot + a freshly formatted header's own JSON
-    bool measured = false;            // true when every server's advertisement was available offline and the
-                                      // token was really encrypted to measure it (else a per-server estimate)
+    bool measured = false;            // true when the token was really encrypted (to the offline advertisements,
+                                      // or online) to measure it; false for a per-server estimate
 };
 
 class Policy {
@@ -92,12 +92,18 @@ public:
     // Cipher, key size, metadata and keyslots area: the explicit sizes, or the smallest metadata size the
     // estimated binding fits in.
     FormatOptions format_options() const;
-    TokenEstimate estimate_token() const;
+    // Without `online` only offline advertisements (`adv`) are used: the token is measured when every server has
+    // one, else estimated per server. With `online`, the other servers' advertisements are fetched (with these
+    // limits, trusted as the policy says) so the token is always measured exactly; TangError when that fails.
+    TokenEstimate estimate_token(const std::optional<NetworkOptions>& online = std::nullopt) const;
     // Problems of an existing volume under this policy: cipher, key size, metadata smaller than required,
-    // Clevis keyslots with a weaker PBKDF.
-    std::vector<PolicyProblem> verify_volume(const Volume& volume) const;
+    // Clevis keyslots with a weaker PBKDF, and — when it has no Clevis binding yet — no room for one
+    // (binding_fits with `online`).
+    std::vector<PolicyProblem> verify_volume(const Volume& volume,
+                                             const std::optional<NetworkOptions>& online = std::nullopt) const;
     // Whether a new binding (token + keyslot) fits the volume's metadata as it is now; the problem otherwise.
-    std::optional<PolicyProblem> binding_fits(const Volume& volume) const;
+    std::optional<PolicyProblem> binding_fits(const Volume& volume,
+                                              const std::optional<NetworkOptions>& online = std::nullopt) const;
 
     // Set by parse(): schema problems found while reading the TOML.
     std::vector<PolicyProblem> parse_problems;
