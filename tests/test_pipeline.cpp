@@ -310,6 +310,12 @@ TEST_CASE("kill -9 at every step of seal: always openable, and a rerun ends seal
             CHECK_MESSAGE((build_opens(loop.path()) || any_clevis_opens(loop.path())),
                           "no way into the image after a crash at " << step);
         }
+        // An unfinished seal is no base to stamp from.
+        RunResult early = run_cli({"stamp", c.image.string(), "--count", "1", "--out", (env.dir / "early").string(),
+                                   "--ledger", env.ledger.string()});
+        CHECK(early.exit_code == 7);
+        CHECK(early.err.find("unfinished seal") != std::string::npos);
+        CHECK_FALSE(fs::exists(env.dir / "early" / ("crash-" + step + "-0001.img")));
         RunResult rerun = env.seal(c.image);
         CHECK_MESSAGE(rerun.exit_code == 0, rerun.err);
         check_no_loop_left(c.image);
