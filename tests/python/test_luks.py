@@ -257,3 +257,25 @@ def test_close_from_another_thread_waits_for_running_work(tmp_path, passphrase):
     assert volume.closed
     with luksforge.Volume.open(image) as again:
         assert not again.inspect().reencryption_in_progress
+
+
+def test_ctrl_c_during_rekey_raises_keyboard_interrupt_and_leaves_it_resumable(tmp_path, passphrase):
+    import os
+    import signal
+    image = tmp_path / "sigint.img"
+    luksforge.Volume.format(image, size=48 << 20, pbkdf=FAST, passphrase=passphrase).close()
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done > 0 and calls.count(done) == 1 and len([c for c in calls if c > 0]) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, arriving while the re-encryption runs
+
+    with luksforge.Volume.open(image) as volume:
+        with pytest.raises(KeyboardInterrupt):
+            volume.rekey(passphrase, max_hotzone_bytes=1 << 20, progress=progress)
+        info = volume.inspect()
+        assert info.reencryption_in_progress
+        assert 0 < max(calls) < info.device_bytes
+        assert volume.rekey(passphrase, max_hotzone_bytes=8 << 20).completed
+    assert cryptsetup_accepts(image, passphrase, luksforge.Volume.open(image, read_only=True).test_passphrase(passphrase))

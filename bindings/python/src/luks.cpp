@@ -233,7 +233,8 @@ still in memory (no second PBKDF run), using `keyslot_pbkdf` or else `pbkdf`.)do
         }, "token"_a, "keyslot"_a)
         .def("inspect", [](PyVolume& v) { return v.run([](Volume& vol) { return vol.inspect(); }); })
         .def("rekey", [](PyVolume& v, py::handle passphrases, const std::optional<std::string>& cipher,
-                         const std::optional<std::string>& cipher_mode, bool drop_other_keyslots, py::object progress) {
+                         const std::optional<std::string>& cipher_mode, bool drop_other_keyslots,
+                         std::uint64_t max_hotzone_bytes, py::object progress) {
             std::vector<SecretBuffer> secrets = secrets_from(passphrases, "passphrases");
             std::vector<std::string_view> views = views_of(secrets);
             CallbackRelay relay(std::move(progress));
@@ -241,6 +242,7 @@ still in memory (no second PBKDF run), using `keyslot_pbkdf` or else `pbkdf`.)do
             options.cipher = cipher;
             options.cipher_mode = cipher_mode;
             options.drop_other_keyslots = drop_other_keyslots;
+            options.max_hotzone_bytes = max_hotzone_bytes;
             options.progress = [&relay](const RekeyProgress& p) { return relay(p.done_bytes, p.total_bytes); };
             std::optional<RekeyResult> result;
             std::exception_ptr failure;
@@ -254,12 +256,13 @@ still in memory (no second PBKDF run), using `keyslot_pbkdf` or else `pbkdf`.)do
             if (failure) std::rethrow_exception(failure);
             return *result;
         }, "passphrases"_a, py::kw_only(), "cipher"_a = py::none(), "cipher_mode"_a = py::none(),
-           "drop_other_keyslots"_a = false, "progress"_a = py::none(),
+           "drop_other_keyslots"_a = false, "max_hotzone_bytes"_a = 0, "progress"_a = py::none(),
            R"doc(Replace the volume key by offline re-encryption (GIL released).
 
 `passphrases` is one bytes-like passphrase or a list; every keyslot one of them opens survives. `progress` is
 called as progress(done_bytes, total_bytes) with the GIL held; returning False pauses (resume with another
-rekey call); an exception raised in it stops the re-encryption cleanly and propagates.)doc");
+rekey call); an exception raised in it, or Ctrl-C, stops the re-encryption cleanly and propagates.
+`max_hotzone_bytes` bounds the chunk re-encrypted between header commits (finer progress; 0 = default).)doc");
 }
 
 }  // namespace luksforge::python
