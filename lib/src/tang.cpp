@@ -440,13 +440,7 @@ Config parse_config(std::string_view config_json) {
             throw FormatError("tang pin configuration: \"adv\" must be a file name or a JSON object");
         }
     }
-    const char* name;
-    json_t* value;
-    json_object_foreach(config.get(), name, value) {
-        const std::string_view k(name);
-        if (k != "url" && k != "thp" && k != "adv")
-            throw FormatError("tang pin configuration: unknown property \"" + std::string(k) + "\"");
-    }
+    // Other properties are ignored, as clevis-encrypt-tang ignores them.
     return result;
 }
 

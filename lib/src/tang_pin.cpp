@@ -10,6 +10,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace luksforge::detail {
 namespace {
@@ -31,6 +32,21 @@ JsonPtr first_exchange_key(const json_t* keys_set) {
     }
     throw TangError("Tang advertisement has no exchange (deriveKey) key", EBADMSG);
 }
+
+// libjose keeps key material in jansson strings; overwrite them before jansson frees them.
+void wipe_members(json_t* jwk, const std::vector<const char*>& names) noexcept {
+    for (const char* name : names)
+        if (json_t* value = json_object_get(jwk, name); json_is_string(value))
+            explicit_bzero(const_cast<char*>(json_string_value(value)), json_string_length(value));
+}
+
+struct WipedJwk {
+    JsonPtr& jwk;
+    std::vector<const char*> names;
+    ~WipedJwk() {
+        if (jwk) wipe_members(jwk.get(), names);
+    }
+};
 
 struct FreeWiped {
     std::size_t size = 0;
@@ -127,6 +143,7 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
     JoseContext jose;
     // Ephemeral key E; send X = epk + E.pub (ECMR point addition: local public, remote private).
     JsonPtr ephemeral = json_take(json_pack("{s:s,s:s}", "alg", "ECMR", "crv", crv.c_str()));
+    WipedJwk wipe_ephemeral{ephemeral, {"d"}};
     if (!jose_jwk_gen(jose.native_handle(), ephemeral.get()))
         throw Error(EIO, "cannot generate an ephemeral key: " + jose.last_error("libjose error"));
     JsonPtr exchange = json_take(jose_jwk_exc(jose.native_handle(), epk, ephemeral.get()));
@@ -150,11 +167,13 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
 
     // Shared point Z = Y - E.d * S (ECMR: private·public, then public − public).
     JsonPtr product = json_take(jose_jwk_exc(jose.native_handle(), ephemeral.get(), server_key));
+    WipedJwk wipe_product{product, {"x", "y"}};
     if (!product) throw Error(EIO, "key exchange with the Tang key failed: " + jose.last_error("libjose error"));
     json_object_set_new(product.get(), "alg", json_string("ECMR"));
     if (!jose_jwk_pub(jose.native_handle(), reply.get()))
         throw TangError("invalid Tang recovery reply from " + url, EBADMSG);
     JsonPtr shared = json_take(jose_jwk_exc(jose.native_handle(), reply.get(), product.get()));
+    WipedJwk wipe_shared{shared, {"x", "y"}};
     if (!shared)
         throw TangError("invalid Tang recovery reply from " + url + ": " + jose.last_error("point not on curve"),
                         EBADMSG);
