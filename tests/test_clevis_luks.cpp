@@ -403,3 +403,20 @@ TEST_CASE("sss bindings: list matches clevis luks list (nested sss too) both way
     const std::string pass = run_ok({"clevis", "luks", "pass", "-d", image.path.string(), "-s", std::to_string(new_slot)});
     CHECK(cryptsetup_accepts(image, new_slot, pass));
 }
+
+TEST_CASE("bindings on a loop device work the same (stock clevis reads them through the device)") {
+    TangServer tang;
+    Image image;
+    LoopDevice loop(image.path);
+    const RunResult r = run_cli({"bind", loop.path().string(), "tang", pinned(tang), "--passphrase-file",
+                                 image.pass_file.string(), "--json"});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    const std::string slot = json_get(r.out, {"keyslot"});
+    const std::string pass = run_ok({"clevis", "luks", "pass", "-d", loop.path().string(), "-s", slot});
+    CHECK(run({"cryptsetup", "open", "--test-passphrase", "--key-slot", slot, loop.path().string(), "--key-file", "-"},
+              pass)
+              .exit_code == 0);
+    CHECK(run_cli({"unlock", loop.path().string(), "--test"}).exit_code == 0);
+    CHECK(run_cli({"list", loop.path().string()}).out ==
+          run_ok({"clevis", "luks", "list", "-d", loop.path().string()}));
+}
