@@ -92,7 +92,16 @@ int run_check(const CheckOptions& options) {
                     policy->servers.size() == 1 ? "" : "s", estimate->measured ? "" : "~", estimate->token_bytes,
                     static_cast<unsigned long long>(metadata_bytes >> 10));
     } else {
-        for (const PolicyProblem& problem : problems) std::fprintf(stderr, "%s\n", problem.to_string().c_str());
+        // The report on stdout, one problem a line; and, like every failing command, one error line on stderr
+        // (here carrying the same problems, so either stream alone tells the whole story).
+        std::string joined;
+        for (const PolicyProblem& problem : problems) {
+            std::printf("%s\n", problem.to_string().c_str());
+            joined += (joined.empty() ? "" : "; ") + problem.to_string();
+        }
+        std::fflush(stdout);
+        std::fprintf(stderr, "luksforge: error: %s is not a valid policy (%zu problem%s): %s\n", options.file.c_str(),
+                     problems.size(), problems.size() == 1 ? "" : "s", joined.c_str());
     }
     return problems.empty() ? exit_ok : exit_format;
 }

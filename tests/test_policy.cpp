@@ -12,6 +12,7 @@
 #include <luksforge/luks.hpp>
 #include <luksforge/policy.hpp>
 
+#include <algorithm>
 #include <memory>
 
 using namespace luksforge;
@@ -152,8 +153,16 @@ TEST_CASE("every policy error is reported with its line") {
     // The CLI prints FILE:LINE: message for each and exits non-zero.
     const RunResult cli = run_cli({"policy", "check", (dir / "bad.toml").string()});
     CHECK(cli.exit_code == 7);
-    CHECK(cli.err.find((dir / "bad.toml").string() + ":9: tang.thp") != std::string::npos);
-    CHECK(cli.err.find((dir / "bad.toml").string() + ":1: threshold = 3") != std::string::npos);
+    // The report on stdout: one problem a line, in line order, each FILE:LINE: message.
+    const std::string file = (dir / "bad.toml").string();
+    CHECK(cli.out.rfind(file + ":1: threshold = 3", 0) == 0);
+    CHECK(cli.out.find("\n" + file + ":9: tang.thp") != std::string::npos);
+    CHECK(cli.out.find("\n" + file + ":17: keyslot.iterations") != std::string::npos);
+    CHECK(std::count(cli.out.begin(), cli.out.end(), '\n') == 11);
+    // And one error line on stderr that repeats them.
+    CHECK(cli.err.find(file + " is not a valid policy (11 problems)") != std::string::npos);
+    CHECK(cli.err.find(file + ":9: tang.thp") != std::string::npos);
+    CHECK(std::count(cli.err.begin(), cli.err.end(), '\n') == 1);
     const RunResult json = run_cli({"policy", "check", (dir / "bad.toml").string(), "--json"});
     CHECK(json.exit_code == 7);
     CHECK(json.out.find(R"("valid":false)") != std::string::npos);
@@ -196,6 +205,7 @@ TEST_CASE("more policy errors: t < 1, no servers, no trust anchor, TOML syntax, 
     write_file(dir / "syntax.toml", "threshold = = 2\n");
     const RunResult cli = run_cli({"policy", "check", (dir / "syntax.toml").string()});
     CHECK(cli.exit_code == 7);
+    CHECK(cli.out.rfind((dir / "syntax.toml").string() + ":1: ", 0) == 0);
     CHECK(cli.err.find((dir / "syntax.toml").string() + ":1: ") != std::string::npos);
     CHECK_THROWS_AS(Policy::load(dir / "absent.toml"), NotFoundError);
 }
