@@ -372,6 +372,20 @@ TEST_CASE("sss header with a wrong share length or threshold is refused") {
     CHECK_THROWS_AS(decrypt_to_string(bad), FormatError);
 }
 
+TEST_CASE("sss header naming more children than luksforge accepts is refused before any is contacted") {
+    std::string children;
+    for (int i = 0; i < 300; ++i) children += std::string(i ? "," : "") + "\"e30..AAAA.AAAA.AAAA\"";
+    const std::string header = R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"sss","sss":{"t":1,"p":")" +
+                               std::string(43, 'A') + R"(","jwe":[)" + children + "]}}}";
+    const std::string jwe = b64u_encode(header) + "..AAAAAAAAAAAAAAAA.AAAA.AAAAAAAAAAAAAAAAAAAAAA";
+    try {
+        decrypt_to_string(jwe);
+        FAIL("an sss JWE with 300 children was accepted");
+    } catch (const FormatError& e) {
+        CHECK(std::string(e.what()).find("300 shares") != std::string::npos);
+    }
+}
+
 // ---- LUKS2 interop -----------------------------------------------------------------------------------------------
 
 namespace {

@@ -34,6 +34,8 @@ namespace {
 constexpr std::size_t prime_bytes = 32;  // Clevis: sss_generate(32, t)
 constexpr std::size_t gcm_iv_bytes = 12;
 constexpr std::size_t gcm_tag_bytes = 16;
+// Far beyond any real policy (a 4 MiB LUKS2 header holds ~2000 tang children at most).
+constexpr std::size_t max_children = 256;
 
 // ---- OpenSSL handles ---------------------------------------------------------------------------------------
 
@@ -526,6 +528,10 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
     if (threshold < 1 || static_cast<std::size_t>(threshold) > count)
         throw FormatError("sss: the JWE's threshold " + std::to_string(threshold) + " does not fit its " +
                           std::to_string(count) + " shares");
+    // One thread per child: a header from a hostile token must not fan out into thousands of them.
+    if (count > max_children)
+        throw FormatError("sss: the JWE has " + std::to_string(count) + " shares, more than the " +
+                          std::to_string(max_children) + " luksforge accepts");
     const std::vector<std::uint8_t> prime = b64u_decode(json_string_value(p), "p");
     // The recombined secret is the content key: Clevis's 32-byte prime makes it an A256GCM key.
     if (prime.size() != prime_bytes)
