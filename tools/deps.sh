@@ -11,6 +11,8 @@ packages=(
   openssl sqlite3
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+  # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap
+  mmdebstrap
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -60,6 +60,7 @@ cleanup() {
   if [[ $keep == 1 ]]; then log "work directory kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT  # still runs the EXIT trap: no tangd/socat left behind
 
 n_pass=0 n_fail=0 n_skip=0
 result_pass() { echo "PASS: $1"; n_pass=$((n_pass + 1)); }
