@@ -134,7 +134,7 @@ struct PyVolume {
 };
 
 // PinOptions from the keyword arguments every network-facing function takes.
-inline PinOptions pin_options(bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+inline PinOptions pin_options(bool trust_on_first_use, const NetworkOptions* network) {
     PinOptions options;
     options.trust_on_first_use = trust_on_first_use;
     if (network) options.network = *network;

@@ -20,7 +20,7 @@ std::string verification_name(clevis::Verification v) {
 }
 
 clevis::BindOptions bind_options(int keyslot, const std::optional<Pbkdf>& pbkdf, bool verify,
-                                 bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+                                 bool trust_on_first_use, const NetworkOptions* network) {
     clevis::BindOptions options;
     options.pin = pin_options(trust_on_first_use, network);
     options.keyslot = keyslot;
@@ -93,7 +93,7 @@ void register_clevis(py::module_& m) {
     volume
         .def("bind", [](PyVolume& v, const std::string& pin, py::handle config, py::handle passphrase,
                         py::handle volume_key, int keyslot, const std::optional<Pbkdf>& pbkdf, bool verify,
-                        bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+                        bool trust_on_first_use, const NetworkOptions* network) {
             std::string config_json = json_text(config, "config");
             std::optional<SecretBuffer> pass = optional_secret_from(passphrase, "passphrase");
             std::optional<SecretBuffer> key = optional_secret_from(volume_key, "volume_key");
@@ -112,7 +112,7 @@ Unlock with an existing `passphrase`, or a `volume_key`, or (neither) the volume
 With verify=True the new token is decrypted through the real server(s) and tested against its keyslot.
 Network and PBKDF work run with the GIL released.)doc")
         .def("unlock", [](PyVolume& v, std::optional<int> keyslot, bool trust_on_first_use,
-                          const std::optional<NetworkOptions>& network) {
+                          const NetworkOptions* network) {
             PinOptions options = pin_options(trust_on_first_use, network);
             clevis::Unlocked unlocked = v.run([&](Volume& vol) { return clevis::unlock(vol, keyslot, options); });
             return PyUnlocked{unlocked.token, unlocked.keyslot, py::cast(Secret(std::move(unlocked.passphrase)))};
@@ -126,7 +126,7 @@ Network and PBKDF work run with the GIL released.)doc")
              "Every clevis token, ordered by keyslot (like `clevis luks list`).")
         .def("regen", [](PyVolume& v, int keyslot, py::handle config, int new_keyslot,
                          const std::optional<Pbkdf>& pbkdf, bool verify, bool trust_on_first_use,
-                         const std::optional<NetworkOptions>& network) {
+                         const NetworkOptions* network) {
             clevis::RegenOptions options;
             options.bind = bind_options(new_keyslot, pbkdf, verify, trust_on_first_use, network);
             if (!config.is_none()) options.config_json = json_text(config, "config");

@@ -37,7 +37,7 @@ void register_pins(py::module_& m) {
         });
 
     m.def("clevis_encrypt", [](const std::string& pin, py::handle config, py::handle secret,
-                               bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+                               bool trust_on_first_use, const NetworkOptions* network) {
             std::string config_json = json_text(config, "config");
             SecretBuffer data = secret_from(secret, "secret");
             PinOptions options;
@@ -51,7 +51,7 @@ void register_pins(py::module_& m) {
 `config` is Clevis's pin configuration as JSON text or a dict, e.g. {"url": ..., "thp": ...}. An unpinned
 advertisement is refused (TangError listing its thumbprints) unless trust_on_first_use=True.)doc");
 
-    m.def("clevis_decrypt", [](py::handle jwe, bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+    m.def("clevis_decrypt", [](py::handle jwe, bool trust_on_first_use, const NetworkOptions* network) {
             std::string compact = PyUnicode_Check(jwe.ptr()) ? jwe.cast<std::string>()
                                                              : std::string(secret_from(jwe, "jwe").view());
             PinOptions options;

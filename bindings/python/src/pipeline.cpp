@@ -23,7 +23,7 @@ struct PinChoice {
 };
 
 PinChoice choose_pin(const std::optional<std::filesystem::path>& policy_path, const std::optional<std::string>& pin,
-                     py::handle config, bool trust_on_first_use, const std::optional<NetworkOptions>& network) {
+                     py::handle config, bool trust_on_first_use, const NetworkOptions* network) {
     PinChoice choice;
     choice.pin_options = pin_options(trust_on_first_use, network);
     if (!config.is_none() || pin) {
@@ -32,12 +32,13 @@ PinChoice choose_pin(const std::optional<std::filesystem::path>& policy_path, co
         choice.binding = PinBinding{*pin, json_text(config, "config")};
     }
     if (policy_path) {
+        const NetworkOptions limits = network ? *network : NetworkOptions{};
         py::gil_scoped_release release;
         Policy policy = Policy::load(*policy_path);
         policy.require_valid();
         Policy::Pin p = policy.pin();
         choice.binding = PinBinding{p.name, p.config_json};
-        choice.pin_options = policy.pin_options(network.value_or(NetworkOptions{}));
+        choice.pin_options = policy.pin_options(limits);
         if (trust_on_first_use) choice.pin_options.trust_on_first_use = true;
         choice.keyslot_pbkdf = policy.keyslot_pbkdf;
         choice.source = policy_source(*policy_path);
@@ -142,7 +143,7 @@ void register_pipeline(py::module_& m) {
                      std::optional<std::filesystem::path> policy, std::optional<std::string> pin, py::handle config,
                      std::optional<int> partition, std::optional<std::filesystem::path> ledger,
                      const std::optional<Pbkdf>& keyslot_pbkdf, bool trust_on_first_use,
-                     const std::optional<NetworkOptions>& network, py::object on_step, py::object progress) {
+                     const NetworkOptions* network, py::object on_step, py::object progress) {
         SecretBuffer build = secret_from(build_passphrase, "build_passphrase");
         PinChoice choice = choose_pin(policy, pin, config, trust_on_first_use, network);
         if (!choice.binding) throw py::value_error("seal needs a policy or pin + config");
@@ -176,7 +177,7 @@ with the GIL held); an exception raised in either stops seal where it is (rerun 
                       std::optional<int> partition, std::optional<std::uint64_t> max_instances_per_key,
                       std::optional<std::filesystem::path> ledger, bool drop_other_keyslots,
                       const std::optional<Pbkdf>& keyslot_pbkdf, bool trust_on_first_use,
-                      const std::optional<NetworkOptions>& network, py::object on_instance) {
+                      const NetworkOptions* network, py::object on_instance) {
         PinChoice choice = choose_pin(policy, pin, config, trust_on_first_use, network);
         StampOptions options;
         options.partition = partition;

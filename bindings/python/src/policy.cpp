@@ -75,10 +75,10 @@ advertisements, threshold, cipher and PBKDF requirements, LUKS2 metadata size, i
             return v.run([&](Volume& vol) { return p.binding_fits(vol); });
         }, "volume"_a, "None when a new binding fits the volume's metadata, else the problem.")
         .def("bind", [](const Policy& p, PyVolume& v, py::handle passphrase, bool verify,
-                        const std::optional<NetworkOptions>& network) {
+                        const NetworkOptions* network) {
             std::optional<SecretBuffer> pass = optional_secret_from(passphrase, "passphrase");
             clevis::BindOptions options;
-            options.pin = p.pin_options(network.value_or(NetworkOptions{}));
+            options.pin = p.pin_options((network ? *network : NetworkOptions{}));
             options.pbkdf = p.keyslot_pbkdf;
             options.verify = verify;
             Policy::Pin pin = p.pin();

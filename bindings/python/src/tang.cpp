@@ -64,9 +64,9 @@ void register_tang(py::module_& m) {
     }, "jwk"_a, "alg"_a = "S256", "A JWK's thumbprint, as `jose jwk thp` prints it.");
 
     py::class_<PyTangClient>(m, "TangClient", "One HTTP connection context to one Tang server (GIL released).")
-        .def(py::init([](std::string url, const std::optional<NetworkOptions>& network) {
+        .def(py::init([](std::string url, const NetworkOptions* network) {
             PyTangClient c;
-            c.client = std::make_shared<tang::Client>(std::move(url), network.value_or(NetworkOptions{}));
+            c.client = std::make_shared<tang::Client>(std::move(url), (network ? *network : NetworkOptions{}));
             return c;
         }), "url"_a, py::kw_only(), "network"_a = py::none())
         .def_property_readonly("url", [](const PyTangClient& c) { return c.client->url(); })
@@ -86,15 +86,16 @@ void register_tang(py::module_& m) {
         .def("__repr__", [](const PyTangClient& c) { return "TangClient('" + c.client->url() + "')"; });
 
     m.def("fetch_advertisement", [](std::string url, std::optional<std::string> thp,
-                                    const std::optional<NetworkOptions>& network) {
+                                    const NetworkOptions* network) {
+        const NetworkOptions limits = network ? *network : NetworkOptions{};
         py::gil_scoped_release release;
-        tang::Client client(std::move(url), network.value_or(NetworkOptions{}));
+        tang::Client client(std::move(url), limits);
         return client.fetch_advertisement(thp ? std::optional<std::string_view>(*thp) : std::nullopt);
     }, "url"_a, py::kw_only(), "thp"_a = py::none(), "network"_a = py::none(),
     "Fetch and signature-check a Tang server's advertisement (trust is NOT decided: see trusted_advertisement).");
 
     m.def("trusted_advertisement", [](py::handle config, bool trust_on_first_use,
-                                      const std::optional<NetworkOptions>& network) {
+                                      const NetworkOptions* network) {
         std::string text = json_text(config, "config");
         PinOptions options = pin_options(trust_on_first_use, network);
         py::gil_scoped_release release;
