@@ -123,7 +123,10 @@ boot_run() {
   if ((rc == 124 || rc == 137)); then
     log "$name: TIMEOUT after $timeout s"
   fi
-  grep -q '^LFB-BOOT-END' <(tr -d '\r' <"$serial")
+  if ! grep -q '^LFB-BOOT-END' <(tr -d '\r' <"$serial"); then
+    [[ -s $workdir/$name.qemu.err ]] && sed 's/^/[boot] qemu: /' "$workdir/$name.qemu.err" >&2
+    return 1
+  fi
 }
 
 # Marker lookups in a serial log (carriage returns stripped).
