@@ -18,6 +18,11 @@ exec 9>"$cache/.lock"
 flock 9
 
 # ---- kernel ---------------------------------------------------------------------------------------------------
+newest_cached_kernel() {
+  local k
+  k=$(ls -d "$cache"/kernel/*/.done 2>/dev/null | sort -V | tail -n1 || true)
+  [[ -n $k ]] && dirname "$k"
+}
 kernel_pkg=""
 kernel_ver=""
 if dep=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -n1) \
@@ -29,15 +34,20 @@ if [[ -n $kernel_pkg && -n $kernel_ver ]]; then
   kdir="$cache/kernel/${kernel_pkg}_${kernel_ver}"
 else
   # No apt lists (offline): fall back to the newest kernel already in the cache.
-  kdir=$(ls -d "$cache"/kernel/*/ 2>/dev/null | sort -V | tail -n1 || true)
-  kdir=${kdir%/}
-  [[ -n $kdir && -f $kdir/.done ]] || boot_die "cannot resolve linux-image-amd64's kernel package (run apt-get update) and none is cached"
+  kdir=$(newest_cached_kernel) || boot_die "cannot resolve linux-image-amd64's kernel package (run apt-get update) and none is cached"
 fi
 if [[ ! -f $kdir/.done ]]; then
   log "downloading $kernel_pkg $kernel_ver"
   tmp=$(mktemp -d)
   chown _apt "$tmp" 2>/dev/null || true  # apt-get download fetches as _apt where it can
-  (cd "$tmp" && apt-get download -q "$kernel_pkg=$kernel_ver" >&2)
+  if ! (cd "$tmp" && apt-get download -q "$kernel_pkg=$kernel_ver" >&2); then
+    # Stale apt lists or no mirror: a kernel cached earlier still proves the same thing.
+    rm -rf "$tmp"
+    kdir=$(newest_cached_kernel) || boot_die "cannot download $kernel_pkg $kernel_ver and no kernel is cached"
+    log "download failed; using the cached $(basename "$kdir")"
+  fi
+fi
+if [[ ! -f $kdir/.done ]]; then
   rm -rf "$kdir"; mkdir -p "$kdir"
   cp "$tmp"/*.deb "$kdir/"
   dpkg-deb -x "$tmp"/*.deb "$tmp/root"
