@@ -279,3 +279,12 @@ def test_ctrl_c_during_rekey_raises_keyboard_interrupt_and_leaves_it_resumable(t
         assert 0 < max(calls) < info.device_bytes
         assert volume.rekey(passphrase, max_hotzone_bytes=8 << 20).completed
     assert cryptsetup_accepts(image, passphrase, luksforge.Volume.open(image, read_only=True).test_passphrase(passphrase))
+
+
+def test_using_the_volume_from_its_own_progress_callback_raises_instead_of_hanging(tmp_path, passphrase):
+    image = tmp_path / "reentry.img"
+    luksforge.Volume.format(image, size=24 << 20, pbkdf=FAST, passphrase=passphrase).close()
+    with luksforge.Volume.open(image) as volume:
+        with pytest.raises(ValueError, match="its own callback"):
+            volume.rekey(passphrase, progress=lambda done, total: volume.inspect())
+        assert volume.rekey(passphrase).completed

@@ -16,6 +16,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace luksforge::python {
@@ -102,10 +103,23 @@ struct VolumeState {
     std::filesystem::path path;
     // Read without `mutex` (and with the GIL held) so asking never waits for work in flight.
     std::atomic<bool> closed{false};
+    // The thread running work on the volume: a callback of that work (rekey progress) calling back into the
+    // same Volume would otherwise wait for itself forever.
+    std::atomic<std::thread::id> owner{};
 };
 
 struct PyVolume {
     std::shared_ptr<VolumeState> state;
+
+    struct Owner {
+        VolumeState& s;
+        explicit Owner(VolumeState& state) : s(state) { s.owner = std::this_thread::get_id(); }
+        ~Owner() { s.owner = std::thread::id{}; }
+    };
+    static void refuse_reentry(const VolumeState& s) {
+        if (s.owner.load() == std::this_thread::get_id())
+            throw py::value_error("this luksforge.Volume is busy: it cannot be used from its own callback");
+    }
 
     explicit PyVolume(Volume v) : state(std::make_shared<VolumeState>()) {
         state->path = v.path();
@@ -116,14 +130,17 @@ struct PyVolume {
     template <typename Work>
     auto run(Work&& work) {
         std::shared_ptr<VolumeState> keep = state;
+        refuse_reentry(*keep);
         py::gil_scoped_release release;
         std::lock_guard lock(keep->mutex);
+        Owner owner(*keep);
         if (!keep->volume) throw py::value_error("operation on a closed luksforge.Volume");
         return work(*keep->volume);
     }
 
     void close() {
         std::shared_ptr<VolumeState> keep = state;
+        refuse_reentry(*keep);
         py::gil_scoped_release release;
         std::lock_guard lock(keep->mutex);
         keep->volume.reset();
