@@ -159,7 +159,8 @@ def test_bind_with_wrong_thumbprint_changes_nothing(tang, luks_image, passphrase
     assert luks_image.read_bytes()[: 1 << 20] == before
 
 
-def test_regen_after_key_rotation(fresh_tang, luks_image, passphrase):
+@pytest.mark.parametrize("pin_new_key", [False, True], ids=["trust-through-old-key", "explicit-config"])
+def test_regen_after_key_rotation(fresh_tang, luks_image, passphrase, pin_new_key):
     with luksforge.Volume.open(luks_image) as volume:
         old = volume.bind("tang", fresh_tang.config(), passphrase=passphrase)
     old_thp = fresh_tang.thp
@@ -170,10 +171,11 @@ def test_regen_after_key_rotation(fresh_tang, luks_image, passphrase):
         f.rename(f.with_name("." + f.name))
     with luksforge.Volume.open(luks_image) as volume:
         assert volume.unlock().keyslot == old.keyslot  # old binding still unlocks
-        # Pin the new signing key explicitly (config=), as an operator does after rotating.
         new_thp = fresh_tang.thp
         assert new_thp != old_thp
-        regen = volume.regen(old.keyslot, config=fresh_tang.config())
+        # Either pin the new signing key explicitly, or let regen trust the new keys through the old one
+        # (tangd signs /adv/{old thp} with the old key too).
+        regen = volume.regen(old.keyslot, config=fresh_tang.config() if pin_new_key else None)
         assert regen.old_keyslot == old.keyslot and regen.bound.verified
         assert [b.keyslot for b in volume.bindings()] == [regen.bound.keyslot]
         assert volume.unlock().keyslot == regen.bound.keyslot
