@@ -27,6 +27,9 @@ boot_stage_elf() {
   while read -r lib; do
     [[ -n $lib ]] || continue
     canon=$(boot_canonical_path "$lib")
+    # A library from the build tree (libluksforge) is found on the host through the program's RUNPATH, which
+    # may lie under /tmp — hidden in the guest by a tmpfs. Put such libraries where the loader always looks.
+    case $canon in /usr/*|/lib/*|/lib64/*) ;; *) canon=/usr/lib/$(basename "$lib") ;; esac
     [[ -e $stage$canon ]] && continue
     if [[ -n $skip ]] && grep -qxF "$canon" "$skip"; then continue; fi
     install -D -m 755 "$(realpath "$lib")" "$stage$canon"
