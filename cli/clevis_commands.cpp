@@ -37,27 +37,6 @@ PinOptions pin_options(const NetworkFlags& flags, bool trust_on_first_use = fals
     return options;
 }
 
-std::string json_escape(std::string_view text) {
-    std::string out = "\"";
-    for (char c : text) {
-        switch (c) {
-        case '"': out += "\\\""; break;
-        case '\\': out += "\\\\"; break;
-        case '\n': out += "\\n"; break;
-        case '\t': out += "\\t"; break;
-        default:
-            if (static_cast<unsigned char>(c) < 0x20) {
-                char buf[8];
-                std::snprintf(buf, sizeof buf, "\\u%04x", c);
-                out += buf;
-            } else {
-                out += c;
-            }
-        }
-    }
-    return out + "\"";
-}
-
 std::string_view verification_name(clevis::Verification v) {
     switch (v) {
     case clevis::Verification::verified: return "verified";
@@ -71,7 +50,7 @@ std::string bind_result_json(const clevis::BindResult& r) {
     return "{\"keyslot\":" + std::to_string(r.keyslot) + ",\"token\":" + std::to_string(r.token) +
            ",\"verified\":" + (r.verification == clevis::Verification::verified ? "true" : "false") +
            ",\"verification\":\"" + std::string(verification_name(r.verification)) +
-           "\",\"message\":" + json_escape(r.message) + "}";
+           "\",\"message\":" + json_quote(r.message) + "}";
 }
 
 void report_bind(const clevis::BindResult& result, bool json) {
@@ -217,7 +196,7 @@ void register_clevis_commands(CLI::App& app) {
                 if (a->json) {
                     if (json.size() > 1) json += ",";
                     json += "{\"keyslot\":" + std::to_string(binding.keyslot) + ",\"token\":" +
-                            std::to_string(binding.token) + ",\"pin\":" + json_escape(binding.pin) +
+                            std::to_string(binding.token) + ",\"pin\":" + json_quote(binding.pin) +
                             ",\"config\":" + (binding.config.empty() ? "null" : binding.config) + "}";
                 } else {
                     std::printf("%s\n", clevis::format_binding(binding).c_str());

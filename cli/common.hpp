@@ -57,6 +57,8 @@ CLI::Validator size_validator();
 
 // Print JSON text (from the library) followed by a newline on stdout.
 void print_json(const std::string& json_text);
+// `text` as a JSON string literal, quotes included, for output the CLI assembles itself.
+std::string json_quote(std::string_view text);
 
 // A one-line progress bar on stderr, drawn only when stderr is a terminal.
 class ProgressBar {

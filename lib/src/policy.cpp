@@ -3,6 +3,7 @@
 #include <luksforge/policy.hpp>
 
 #include "cryptsetup_util.hpp"
+#include "error_util.hpp"
 #include "json_util.hpp"
 
 #include <luksforge/error.hpp>
@@ -19,6 +20,8 @@
 #include <sstream>
 
 namespace luksforge {
+using detail::bare_message;
+
 namespace {
 
 // Sizes of LUKS2 JSON, measured with cryptsetup 2.6 (see docs/policy.md): a freshly formatted header with one
@@ -54,17 +57,6 @@ std::optional<std::uint64_t> parse_size(std::string_view text) {
     const auto unit_it = units.find(unit);
     if (unit_it == units.end()) return std::nullopt;
     return value * unit_it->second;
-}
-
-// The message without the ": <strerror>" std::system_error appends (it would repeat when quoted).
-std::string bare_message(const std::exception& e) {
-    std::string text = e.what();
-    if (const auto* system = dynamic_cast<const std::system_error*>(&e)) {
-        const std::string suffix = ": " + system->code().message();
-        if (text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0)
-            text.resize(text.size() - suffix.size());
-    }
-    return text;
 }
 
 bool is_thumbprint(std::string_view thp) {

@@ -4,6 +4,7 @@
 // clevis-encrypt-sss writes it, so stock `clevis decrypt` reads ours and we read theirs.
 #include "sss.hpp"
 
+#include "error_util.hpp"
 #include "json_util.hpp"
 #include "pins.hpp"
 
@@ -29,6 +30,7 @@ extern "C" {
 #include <vector>
 
 namespace luksforge::detail {
+
 namespace {
 
 constexpr std::size_t prime_bytes = 32;  // Clevis: sss_generate(32, t)
@@ -244,18 +246,6 @@ SecretBuffer gcm_open(const SecretBuffer& key, std::string_view aad, std::span<c
                         "(the JWE or a share was tampered with)");
     }
     return plaintext;
-}
-
-// A luksforge error's own words: std::system_error::what() appends ": <strerror>", which would repeat once
-// the message is wrapped into another error.
-std::string bare_message(const std::exception& e) {
-    std::string text = e.what();
-    if (const auto* system = dynamic_cast<const std::system_error*>(&e)) {
-        const std::string suffix = ": " + system->code().message();
-        if (text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0)
-            text.resize(text.size() - suffix.size());
-    }
-    return text;
 }
 
 // ---- concurrent child decryption ---------------------------------------------------------------------------
