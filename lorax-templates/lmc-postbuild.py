@@ -9,7 +9,8 @@ This step, run on <resultdir>/<image> after livemedia-creator exits:
    the volume to Tang and removed the build passphrase (kickstarts/lmc-make-disk.ks) — the passphrase its
    Clevis token recovers through Tang;
 3. seals it (`luksforge seal`): fresh volume key by re-encryption, the policy's pins bound and verified
-   through the real Tang servers, then that passphrase's keyslot removed; writes the JSON report;
+   through the real Tang servers, then that passphrase's keyslot removed together with its token (the %post
+   binding's); writes the JSON report;
 4. with --count N, stamps N instances into --out, each with its own volume key and verified binding.
 
 Run `qemu-img convert` afterwards if another format than raw is wanted.
@@ -27,17 +28,6 @@ def recover_passphrase(image: Path, partition, network) -> "luksforge.Secret":
     with luksforge.attach_target(target, read_only=True) as attached:
         with luksforge.Volume.open(attached.device, read_only=True) as volume:
             return volume.unlock(network=network).passphrase
-
-
-def drop_stale_tokens(image: Path, partition) -> list:
-    """Remove clevis tokens bound to no keyslot (the %post binding whose keyslot seal removed): they open
-    nothing, and `clevis luks list`/`pass` would trip over them."""
-    target = luksforge.select_luks_target(image, partition=partition)
-    with luksforge.attach_target(target) as attached, luksforge.Volume.open(attached.device) as volume:
-        stale = [t.id for t in volume.tokens() if t.type == "clevis" and not t.keyslots]
-        for token in stale:
-            volume.remove_token(token)
-    return stale
 
 
 def main(argv=None) -> int:
@@ -80,8 +70,6 @@ def main(argv=None) -> int:
             report = luksforge.seal(args.image, passphrase, policy=args.policy, partition=args.partition,
                                     ledger=args.ledger, network=network, on_step=lambda s: say(f"seal: {s}"),
                                     progress=progress)
-        for token in drop_stale_tokens(args.image, args.partition):
-            say(f"removed clevis token {token}: its keyslot is gone")
         report_path = args.report or args.image.with_name(args.image.name + ".seal.json")
         report_path.write_text(report.to_json() + "\n")
         say(f"sealed {report.image}: volume key {report.fingerprint_before[:16]}… → {report.fingerprint_after[:16]}…"

@@ -177,6 +177,39 @@ TEST_CASE("tokens: set, get, list, assign, unassign, remove") {
     json_decref(root);
 }
 
+TEST_CASE("remove_keyslot keeps tokens (as luksKillSlot); remove_keyslot_and_tokens drops those of the slot alone") {
+    TempDir dir;
+    const auto image = dir / "disk.img";
+    make_sparse_file(image, 32 * kMiB);
+    Volume volume = format_with_pass(image);
+    CHECK(volume.add_keyslot(kPass, "one", Pbkdf::pbkdf2_fast()) == 1);
+    CHECK(volume.add_keyslot(kPass, "two", Pbkdf::pbkdf2_fast()) == 2);
+    CHECK(volume.add_keyslot(kPass, "three", Pbkdf::pbkdf2_fast()) == 3);
+    CHECK(volume.set_token(R"({"type":"clevis","keyslots":["1"],"jwe":{}})", 0) == 0);
+    CHECK(volume.set_token(R"({"type":"other","keyslots":["1","2"]})", 1) == 1);
+    CHECK(volume.set_token(R"({"type":"state","keyslots":[]})", 2) == 2);
+    CHECK(volume.set_token(R"({"type":"clevis","keyslots":["3"],"jwe":{}})", 3) == 3);
+
+    // The plain removal only unassigns: token 3 stays, assigned to nothing.
+    volume.remove_keyslot(3);
+    REQUIRE(volume.token(3).has_value());
+    CHECK(volume.token(3)->keyslots.empty());
+
+    // Slot 1 alone carries token 0; token 1 also serves slot 2, token 2 serves none: both stay.
+    CHECK(volume.remove_tokens_only_of(2).empty());
+    CHECK(volume.remove_keyslot_and_tokens(1) == std::vector<int>{0});
+    CHECK_FALSE(volume.keyslot(1).has_value());
+    CHECK_FALSE(volume.token(0).has_value());
+    CHECK(volume.token(1)->keyslots == std::vector<int>{2});
+    CHECK(volume.token(2)->keyslots.empty());
+    CHECK(volume.remove_keyslot_and_tokens(2) == std::vector<int>{1});
+    CHECK_FALSE(volume.token(1).has_value());
+    CHECK(volume.token(2).has_value());
+    CHECK_THROWS_AS(volume.remove_keyslot_and_tokens(2), NotFoundError);
+    CHECK(volume.keyslots().size() == 1);
+    CHECK(volume.test_passphrase(kPass) == 0);
+}
+
 TEST_CASE("fingerprint: equal for a cp clone, different for two formats, public data only") {
     TempDir dir;
     make_sparse_file(dir / "a.img", 32 * kMiB);

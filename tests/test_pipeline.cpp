@@ -324,6 +324,121 @@ TEST_CASE("kill -9 at every step of seal: always openable, and a rerun ends seal
     }
 }
 
+// The livemedia-creator case: the kickstart's %post already ran stock `clevis luks bind` and removed the build
+// passphrase, so the passphrase given to seal is the one that binding recovers. Seal removes that keyslot; its
+// token must go with it (stock `clevis luks list`/`pass` trip over a token assigned to no keyslot), also when
+// seal is killed at any step and rerun.
+namespace {
+
+// Stock cryptsetup's view of the header: every token assigned to at least one keyslot, each of which exists
+// (except seal's own keyslot-less state record of an unfinished seal).
+void check_no_dangling_token(const fs::path& device) {
+    json_t* header = load_json(run_ok({"cryptsetup", "luksDump", "--dump-json-metadata", device.string()}));
+    json_t* keyslots = json_object_get(header, "keyslots");
+    const char* id = nullptr;
+    json_t* token = nullptr;
+    json_object_foreach(json_object_get(header, "tokens"), id, token) {
+        if (str(token, "type") == "luksforge-seal") continue;
+        const std::string token_id = id;
+        CAPTURE(token_id);
+        json_t* assigned = json_object_get(token, "keyslots");
+        CHECK(json_array_size(assigned) > 0);
+        std::size_t i = 0;
+        json_t* slot = nullptr;
+        json_array_foreach(assigned, i, slot) CHECK(json_object_get(keyslots, json_string_value(slot)) != nullptr);
+    }
+    json_decref(header);
+}
+
+// A candidate bound by stock `clevis luks bind` (keyslot 1, token 0) whose build keyslot 0 was then killed, as
+// a kickstart's %post leaves it. Returns the passphrase the binding recovers.
+std::string bind_like_kickstart(const Candidate& c, const test::TangServer& tang) {
+    LoopDevice loop(c.image, c.offset, c.size);
+    run_ok({"clevis", "luks", "bind", "-y", "-k", "-", "-d", loop.path().string(), "tang",
+            R"({"url":")" + tang.url() + R"(","thp":")" + tang.thumbprint() + R"("})"},
+           kBuild);
+    run_ok({"cryptsetup", "luksKillSlot", "-q", loop.path().string(), "0"});
+    REQUIRE(clevis_slots(loop.path()) == std::vector<int>{1});
+    const std::string recovered = run_ok({"clevis", "luks", "pass", "-d", loop.path().string(), "-s", "1"});
+    REQUIRE(recovered.size() > 20);
+    CHECK(run({"cryptsetup", "open", "--test-passphrase", "--key-slot", "1", "--key-file", "-", loop.path().string()},
+              recovered)
+              .exit_code == 0);
+    return recovered;
+}
+
+// Sealed as stock tools see it, with the kickstart binding's keyslot and token gone.
+void check_sealed_without_kickstart_binding(const Candidate& c, const std::string& before,
+                                            const std::string& kickstart_passphrase) {
+    check_sealed(c, before);
+    LoopDevice loop(c.image, c.offset, c.size);
+    check_no_dangling_token(loop.path());
+    const std::vector<int> slots = clevis_slots(loop.path());
+    CHECK(slots.size() == 1);
+    for (int slot : slots) CHECK_MESSAGE(stock_clevis_opens(loop.path(), slot), "clevis luks pass -s " << slot);
+    CHECK(run({"cryptsetup", "open", "--test-passphrase", "--key-file", "-", loop.path().string()},
+              kickstart_passphrase)
+              .exit_code != 0);
+    Volume volume = Volume::open(loop.path(), Volume::Access::read_only);
+    CHECK(volume.tokens().size() == 1);
+    RunResult unlock = run_cli({"unlock", loop.path().string(), "--test"});
+    CHECK_MESSAGE(unlock.exit_code == 0, unlock.err);
+}
+
+}  // namespace
+
+TEST_CASE("seal with the passphrase of a keyslot stock clevis already bound: its token goes with the keyslot") {
+    Env env;
+    Candidate c = make_candidate(env.dir / "disk.img");
+    const std::string kickstart = bind_like_kickstart(c, env.tang);
+    write_file(env.build_file, kickstart);
+    const std::string before = fingerprint_of(c);
+
+    RunResult sealed = env.seal(c.image, {"--report", "-"});
+    REQUIRE_MESSAGE(sealed.exit_code == 0, sealed.err);
+    check_no_loop_left(c.image);
+    json_t* report = load_json(sealed.out);
+    CHECK(json_array_size(json_object_get(report, "removed_keyslots")) == 1);
+    json_decref(report);
+    check_sealed_without_kickstart_binding(c, before, kickstart);
+
+    // Sealing again is a no-op that still sees the one binding.
+    RunResult again = env.seal(c.image);
+    CHECK(again.exit_code == 0);
+    CHECK(again.err.find("already sealed") != std::string::npos);
+}
+
+TEST_CASE("kill -9 at every step of sealing a clevis-bound image: never a dangling token, a rerun ends sealed") {
+    Env env;
+    Candidate tmpl = make_candidate(env.dir / "template.img");
+    const std::string kickstart = bind_like_kickstart(tmpl, env.tang);
+    write_file(env.build_file, kickstart);
+    const std::string before = fingerprint_of(tmpl);
+    for (const std::string& step : seal_crash_points()) {
+        CAPTURE(step);
+        Candidate c = copy_candidate(tmpl, env.dir / ("crash-" + step + ".img"));
+        ::setenv("LUKSFORGE_CRASH_AT", step.c_str(), 1);
+        RunResult crashed = env.seal(c.image);
+        ::unsetenv("LUKSFORGE_CRASH_AT");
+        CHECK(crashed.exit_code == 128 + 9);
+        {
+            LoopDevice loop(c.image, c.offset, c.size);
+            check_no_dangling_token(loop.path());
+            const bool kickstart_opens = run({"cryptsetup", "open", "--test-passphrase", "--key-file", "-",
+                                              loop.path().string()},
+                                             kickstart)
+                                             .exit_code == 0;
+            CHECK_MESSAGE((kickstart_opens || any_clevis_opens(loop.path())),
+                          "no way into the image after a crash at " << step);
+        }
+        RunResult rerun = env.seal(c.image);
+        CHECK_MESSAGE(rerun.exit_code == 0, rerun.err);
+        check_no_loop_left(c.image);
+        check_sealed_without_kickstart_binding(c, before, kickstart);
+        fs::remove(c.image);
+    }
+}
+
 TEST_CASE("stamp 5 instances: distinct keys, identical data, sparse 0600 files, own bindings, ledger") {
     Env env;
     Candidate base = make_candidate(env.dir / "base.img");

@@ -195,6 +195,35 @@ TEST_CASE("rekey: surviving slots keep their PBKDF, tokens follow their slots, o
     CHECK(volume.token(3)->keyslots.empty());
 }
 
+TEST_CASE("rekey with drop_orphaned_tokens removes the tokens of dropped keyslots, keeps keyslot-less ones") {
+    TempDir dir;
+    const auto image = dir / "disk.img";
+    make_sparse_file(image, 40 * kMiB);
+    {
+        FormatOptions options;
+        options.pbkdf = Pbkdf::pbkdf2_fast();
+        Volume volume = Volume::format(image, options);
+        CHECK(volume.add_keyslot_by_volume_key("zero") == 0);
+        CHECK(volume.add_keyslot_by_volume_key("one") == 1);
+        CHECK(volume.add_keyslot_by_volume_key("two") == 2);
+        volume.set_token(R"({"type":"clevis","keyslots":["1"],"jwe":{}})", 0);
+        volume.set_token(R"({"type":"other","keyslots":["0","2"]})", 1);
+        volume.set_token(R"({"type":"state","keyslots":[]})", 2);
+    }
+    Volume volume = Volume::open(image);
+    RekeyOptions options;
+    options.drop_other_keyslots = true;
+    options.drop_orphaned_tokens = true;
+    const RekeyResult result = volume.rekey({"zero"}, options);
+    REQUIRE(result.keyslot_map.size() == 1);
+    const int new_zero = result.keyslot_map.front().second;
+    CHECK(volume.keyslots().size() == 1);
+    CHECK_FALSE(volume.token(0).has_value());                          // served only dropped keyslot 1
+    CHECK(volume.token(1)->keyslots == std::vector<int>{new_zero});    // still serves the surviving keyslot
+    REQUIRE(volume.token(2).has_value());                              // never served a keyslot
+    CHECK(volume.token(2)->keyslots.empty());
+}
+
 TEST_CASE("rekey paused by the progress callback resumes with another call") {
     TempDir dir;
     const auto image = dir / "disk.img";

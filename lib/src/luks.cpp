@@ -487,6 +487,30 @@ void Volume::remove_keyslot(int slot) {
     check_crypt(crypt_keyslot_destroy(cd, slot), "cannot remove keyslot " + std::to_string(slot));
 }
 
+std::vector<int> Volume::remove_tokens_only_of(int slot) {
+    auto guard = cryptsetup_guard();
+    if (!keyslot(slot))
+        throw NotFoundError("keyslot " + std::to_string(slot) + " does not exist in " + impl_->path.string());
+    std::vector<int> removed;
+    for (const Token& token : tokens()) {
+        // Keyslot-less tokens (e.g. state records) serve no keyslot and are none of this slot's business.
+        if (token.keyslots.empty() ||
+            std::any_of(token.keyslots.begin(), token.keyslots.end(), [&](int other) { return other != slot; }))
+            continue;
+        remove_token(token.id);
+        removed.push_back(token.id);
+    }
+    return removed;
+}
+
+std::vector<int> Volume::remove_keyslot_and_tokens(int slot) {
+    auto guard = cryptsetup_guard();
+    // Tokens first: an interruption leaves a keyslot without a token, never a token without its keyslot.
+    std::vector<int> removed = remove_tokens_only_of(slot);
+    remove_keyslot(slot);
+    return removed;
+}
+
 std::optional<int> Volume::test_passphrase(std::string_view passphrase, int slot) const {
     auto guard = cryptsetup_guard();
     detail::clear_crypt_error();
@@ -700,6 +724,11 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
 
     RekeyResult result;
     result.old_fingerprint = fingerprint();
+    // Tokens that serve a keyslot now (old keyslots live until re-encryption ends, also when resuming): one of
+    // them left with none at the end served only keyslots that were dropped.
+    std::vector<int> serving_tokens;
+    for (const Token& token : tokens())
+        if (!token.keyslots.empty()) serving_tokens.push_back(token.id);
     ProgressContext progress{&options.progress, nullptr};
     const crypt_reencrypt_info status = crypt_reencrypt_status(cd, nullptr);
     if (status == CRYPT_REENCRYPT_INVALID) throw FormatError(impl_->path.string() + ": invalid re-encryption state");
@@ -843,7 +872,8 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
         return result;
     }
 
-    // libcryptsetup wiped the keyslots of the old key; drop their ids from every token.
+    // libcryptsetup wiped the keyslots of the old key; drop their ids from every token. A token left with no
+    // keyslot served only dropped keyslots and opens nothing: it goes with them when the caller asked so.
     for (const auto& token : tokens()) {
         JsonPtr json = detail::json_parse(token.json, "token");
         JsonPtr kept = detail::json_take(json_array());
@@ -851,6 +881,12 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
         for (int slot : token.keyslots) {
             if (keyslot(slot)) json_array_append_new(kept.get(), json_string(std::to_string(slot).c_str()));
             else changed = true;
+        }
+        const bool served = std::find(serving_tokens.begin(), serving_tokens.end(), token.id) != serving_tokens.end();
+        if (options.drop_orphaned_tokens && served && json_array_size(kept.get()) == 0) {
+            detail::clear_crypt_error();
+            check_crypt(crypt_token_json_set(cd, token.id, nullptr), "cannot remove token " + std::to_string(token.id));
+            continue;
         }
         if (!changed) continue;
         json_object_set(json.get(), "keyslots", kept.get());

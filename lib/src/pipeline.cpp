@@ -228,6 +228,7 @@ void rekey_to_completion(Volume& volume, const std::vector<std::string_view>& pa
                          std::uint64_t hotzone_bytes = 0) {
     RekeyOptions options;
     options.drop_other_keyslots = drop_others;
+    options.drop_orphaned_tokens = true;  // a dropped keyslot's token opens nothing
     options.max_hotzone_bytes = hotzone_bytes;
     if (crash_hook && hotzone_bytes == 0) {
         const char* wanted = std::getenv("LUKSFORGE_CRASH_AT");
@@ -280,8 +281,8 @@ PolicySource policy_source(const std::filesystem::path& path) {
 // --- seal -------------------------------------------------------------------------------------------------------
 
 std::vector<std::string> seal_crash_points() {
-    return {"rekey-start", "rekey-progress", "rekey-done", "bind-start", "bind-keyslot-added",
-            "bind-done",   "verify-done",    "build-removed"};
+    return {"rekey-start", "rekey-progress", "rekey-done",          "bind-start",   "bind-keyslot-added",
+            "bind-done",   "verify-done",    "build-token-removed", "build-removed"};
 }
 
 SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_passphrase, const SealOptions& options) {
@@ -340,7 +341,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
             if (!in_progress) {
                 // Unbound keyslots of a re-key that was interrupted before its re-encryption started.
                 for (const Keyslot& slot : volume.keyslots())
-                    if (!slot.bound_to_segment) volume.remove_keyslot(slot.id);
+                    if (!slot.bound_to_segment) volume.remove_keyslot_and_tokens(slot.id);
             }
             rekey_to_completion(volume, {build_passphrase.view()}, true, options.on_progress, true,
                                 options.rekey_hotzone_bytes);
@@ -365,7 +366,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
             const bool has_slot = volume.keyslot(slot).has_value();
             const std::optional<Token> token = clevis_token_for(volume, slot);
             if (has_slot && !token) {
-                volume.remove_keyslot(slot);
+                volume.remove_keyslot_and_tokens(slot);
                 report.checks_passed.push_back("removed keyslot " + std::to_string(slot) +
                                                " orphaned by an interrupted bind");
             } else if (!has_slot && token) {
@@ -389,7 +390,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
                 volume.set_token(clevis::token_json(slot, jwe));
             } catch (...) {
                 try {
-                    volume.remove_keyslot(slot);
+                    volume.remove_keyslot_and_tokens(slot);
                 } catch (...) {
                 }
                 throw;
@@ -417,7 +418,7 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
         } catch (const Error& e) {
             // The binding is broken: roll it back to "bind" so a rerun makes a new one.
             if (auto token = clevis_token_for(volume, slot)) volume.remove_token(token->id);
-            if (volume.keyslot(slot)) volume.remove_keyslot(slot);
+            if (volume.keyslot(slot)) volume.remove_keyslot_and_tokens(slot);
             state->step = "bind";
             state->pending_keyslot.reset();
             write_state(volume, *state);
@@ -449,11 +450,21 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
     }
     while (std::optional<int> build_slot = volume.test_passphrase(build_passphrase.view())) {
         if (*build_slot == slot) throw AuthError("the build passphrase opens the binding's own keyslot");
+        // The build keyslot may carry a token of its own (e.g. a kickstart's `clevis luks bind`, whose
+        // recovered passphrase is the build passphrase): it goes first, so neither a finished nor an
+        // interrupted seal leaves a token assigned to no keyslot. A rerun after a crash between the two
+        // writes finds the build keyslot still open and removes it.
+        for (int token : volume.remove_tokens_only_of(*build_slot))
+            report.checks_passed.push_back("removed token " + std::to_string(token) + " of build keyslot " +
+                                           std::to_string(*build_slot));
+        crash_point("build-token-removed");
         volume.remove_keyslot(*build_slot);
         report.removed_keyslots.push_back(*build_slot);
         crash_point("build-removed");
     }
     report.checks_passed.push_back("build passphrase opens no keyslot");
+    // Clevis tokens whose keyslots are gone (left by a tool or an older luksforge) open nothing.
+    remove_dead_clevis_tokens(volume);
     volume.remove_token(state->token);
     report.timings_seconds.emplace_back("remove-build-passphrase", watch.seconds());
 
@@ -748,8 +759,7 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
             // Drop what every instance would otherwise share with the base: its token and keyslot.
             while (std::optional<int> slot = volume.test_passphrase(base_passphrase.view())) {
                 if (*slot == bound.keyslot) throw Error(EIO, "the new binding reuses the base passphrase");
-                if (auto token = clevis_token_for(volume, *slot)) volume.remove_token(token->id);
-                volume.remove_keyslot(*slot);
+                volume.remove_keyslot_and_tokens(*slot);
             }
             instance.keyslot = bound.keyslot;
             instance.token = bound.token;

@@ -94,6 +94,12 @@ def test_seal_a_disk_whose_post_already_bound_it(tmp_path, policy, tang):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fingerprint_before"] == before != report["fingerprint_after"]
     assert clevis_opens(disk)
+    # Seal removed the %post binding's keyslot together with its token: no token is left assigned to no keyslot.
+    with luksforge.attach_target(target, read_only=True) as attached:
+        with luksforge.Volume.open(attached.device, read_only=True) as volume:
+            slots = {k.id for k in volume.keyslots()}
+            tokens = volume.tokens()
+            assert len(tokens) == 1 and tokens[0].keyslots and set(tokens[0].keyslots) <= slots
 
 
 def test_wrong_build_passphrase_fails_cleanly_and_changes_nothing(tmp_path, policy):

@@ -100,7 +100,11 @@ struct RekeyOptions {
     std::optional<std::string> cipher;
     std::optional<std::string> cipher_mode;
     // Keyslots whose passphrase was not supplied are removed only when this is set; otherwise rekey refuses.
+    // Their ids are unassigned from every token; the tokens themselves stay (as with remove_keyslot()).
     bool drop_other_keyslots = false;
+    // Also remove the tokens left assigned to no keyslot by dropping keyslots (as remove_keyslot_and_tokens()
+    // does), e.g. the clevis token of a dropped keyslot. Tokens that had no keyslot to begin with are kept.
+    bool drop_orphaned_tokens = false;
     // Return false to pause re-encryption; it can be resumed with another rekey call.
     std::function<bool(const RekeyProgress&)> progress;
     // Largest chunk re-encrypted between two header commits (rounded down to 512-byte sectors); 0 = the
@@ -152,7 +156,20 @@ public:
     // Add a keyslot using a volume key: the one format() left in memory (`volume_key` null) or a given one.
     int add_keyslot_by_volume_key(std::string_view new_passphrase, const std::optional<Pbkdf>& pbkdf = std::nullopt,
                                   int slot = -1, const SecretBuffer* volume_key = nullptr);
+    // Destroy keyslot `slot`. As libcryptsetup (and `cryptsetup luksKillSlot`) do, its id is unassigned from
+    // every token but no token is removed, even one left assigned to no keyslot: a caller naming a keyslot
+    // never loses metadata it did not name (a token of another tool may be re-assigned later). Throws
+    // NotFoundError when the slot does not exist.
     void remove_keyslot(int slot);
+    // Remove `slot` together with the tokens that serve only it, as `clevis luks unbind` does: every token
+    // assigned to `slot` and to no other keyslot is removed first (one atomic header write each), then the
+    // keyslot. A crash in between leaves at worst a keyslot without its token (it still opens with its
+    // passphrase), never a token pointing at a missing keyslot. Tokens also assigned to other keyslots only
+    // lose `slot`. Returns the ids of the removed tokens. Throws NotFoundError when the slot does not exist.
+    std::vector<int> remove_keyslot_and_tokens(int slot);
+    // The first half of remove_keyslot_and_tokens(): remove the tokens assigned to `slot` and to no other
+    // keyslot, keep the keyslot. Returns their ids.
+    std::vector<int> remove_tokens_only_of(int slot);
     // Which keyslot `passphrase` opens (`slot` -1 = any); nullopt when it opens none. Never throws AuthError.
     std::optional<int> test_passphrase(std::string_view passphrase, int slot = -1) const;
     // Recover the volume key (one PBKDF derivation). Throws AuthError on a wrong passphrase.
