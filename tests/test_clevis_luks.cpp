@@ -239,7 +239,7 @@ TEST_CASE("bad inputs: each a clear error, the header bytes unchanged") {
     auto bind_fails = [&](const std::string& pin, const std::string& config, const std::string& expected,
                           std::vector<std::string> extra = {}) {
         std::vector<std::string> args = {"bind", image.path.string(), pin, config, "--passphrase-file",
-                                         image.pass_file.string(), "--timeout", "700"};
+                                         image.pass_file.string(), "--timeout", "2500"};
         args.insert(args.end(), extra.begin(), extra.end());
         const RunResult r = run_cli(args);
         CHECK(r.exit_code != 0);

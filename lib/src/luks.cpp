@@ -3,6 +3,7 @@
 
 #include "cryptsetup_util.hpp"
 #include "device_lock.hpp"
+#include "digest.hpp"
 #include "json_util.hpp"
 
 #include <libcryptsetup.h>
@@ -26,6 +27,7 @@ namespace luksforge {
 using detail::check_crypt;
 using detail::cryptsetup_guard;
 using detail::JsonPtr;
+using detail::sha256_hex;
 
 namespace {
 
@@ -130,20 +132,6 @@ JsonPtr read_luks2_json(const std::filesystem::path& device) {
     std::string text = read_bytes(device, 4096, static_cast<std::size_t>(hdr_size - 4096));
     text.resize(std::strlen(text.c_str()));
     return detail::json_parse(text, "LUKS2 header of " + device.string());
-}
-
-std::string sha256_hex(std::string_view data) {
-    std::array<unsigned char, EVP_MAX_MD_SIZE> digest{};
-    unsigned int length = 0;
-    if (EVP_Digest(data.data(), data.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1)
-        throw Error(EIO, "SHA-256 failed");
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-        out += hex[digest[i] >> 4];
-        out += hex[digest[i] & 15];
-    }
-    return out;
 }
 
 bool json_array_has_string(const json_t* array, std::string_view value) {

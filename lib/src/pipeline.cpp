@@ -7,6 +7,7 @@
 #include <luksforge/pipeline.hpp>
 #include <luksforge/tang.hpp>
 
+#include "digest.hpp"
 #include "json_util.hpp"
 
 #include <openssl/evp.h>
@@ -29,25 +30,12 @@
 namespace luksforge {
 
 using detail::JsonPtr;
+using detail::sha256_hex;
 using detail::json_take;
 
 namespace {
 
 // --- small helpers --------------------------------------------------------------------------------------------
-
-std::string sha256_hex(std::string_view data) {
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned int length = 0;
-    if (EVP_Digest(data.data(), data.size(), digest, &length, EVP_sha256(), nullptr) != 1)
-        throw Error(EIO, "SHA-256 failed");
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < length; ++i) {
-        out += hex[digest[i] >> 4];
-        out += hex[digest[i] & 15];
-    }
-    return out;
-}
 
 std::string absolute_string(const std::filesystem::path& path) {
     std::error_code ec;
