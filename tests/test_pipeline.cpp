@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "dmcrypt_reference.hpp"
 #include "tang_server.hpp"
 #include "testutil.hpp"
 
@@ -33,31 +34,6 @@ namespace {
 constexpr std::uint64_t kMiB = 1ull << 20;
 constexpr std::uint64_t kPlainBytes = 20 * kMiB;
 const std::string kBuild = "build passphrase of the image pipeline";
-
-// dm-crypt aes-xts-plain64: each `sector_size` block is one XTS data unit whose tweak is the little-endian
-// 64-bit number of its first 512-byte sector.
-std::string decrypt_xts_plain64(const std::string& ciphertext, const SecretBuffer& key, std::uint32_t sector_size) {
-    REQUIRE(key.size() == 64);
-    REQUIRE(ciphertext.size() % sector_size == 0);
-    std::string plain(ciphertext.size(), '\0');
-    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-    REQUIRE(ctx != nullptr);
-    bool all_ok = true;
-    for (std::size_t offset = 0; offset < ciphertext.size(); offset += sector_size) {
-        unsigned char iv[16] = {};
-        std::uint64_t sector = offset / 512;
-        for (int i = 0; i < 8; ++i) iv[i] = static_cast<unsigned char>(sector >> (8 * i));
-        int out = 0;
-        bool ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_xts(), nullptr, key.data(), iv) == 1 &&
-                  EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char*>(plain.data() + offset), &out,
-                                    reinterpret_cast<const unsigned char*>(ciphertext.data() + offset),
-                                    static_cast<int>(sector_size)) == 1;
-        all_ok = all_ok && ok && out == static_cast<int>(sector_size);
-    }
-    EVP_CIPHER_CTX_free(ctx);
-    REQUIRE(all_ok);
-    return plain;
-}
 
 // The facts of a candidate image the tests compare against.
 struct Candidate {

@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "dmcrypt_reference.hpp"
 #include "testutil.hpp"
 
 #include <luksforge/error.hpp>
@@ -23,31 +24,6 @@ using namespace luksforge::test;
 namespace {
 
 constexpr std::uint64_t kMiB = 1ull << 20;
-
-// dm-crypt aes-xts-plain64: each `sector_size` block is one XTS data unit whose IV is the little-endian
-// sector number counted in 512-byte units (dm-crypt's default without iv_large_sectors), zero-padded to 16.
-std::string decrypt_xts_plain64(const std::string& ciphertext, const SecretBuffer& key, std::uint32_t sector_size) {
-    REQUIRE(key.size() == 64);
-    REQUIRE(ciphertext.size() % sector_size == 0);
-    std::string plain(ciphertext.size(), '\0');
-    EVP_CIPHER_CTX* ctx = EVP_CIPHER_CTX_new();
-    REQUIRE(ctx != nullptr);
-    bool ok = true;
-    for (std::size_t offset = 0; ok && offset < ciphertext.size(); offset += sector_size) {
-        unsigned char iv[16] = {};
-        const std::uint64_t sector = offset / 512;
-        for (int i = 0; i < 8; ++i) iv[i] = static_cast<unsigned char>(sector >> (8 * i));
-        int out_len = 0;
-        ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_xts(), nullptr, key.data(), iv) == 1 &&
-             EVP_DecryptUpdate(ctx, reinterpret_cast<unsigned char*>(plain.data() + offset), &out_len,
-                               reinterpret_cast<const unsigned char*>(ciphertext.data() + offset),
-                               static_cast<int>(sector_size)) == 1 &&
-             out_len == static_cast<int>(sector_size);
-    }
-    EVP_CIPHER_CTX_free(ctx);
-    REQUIRE(ok);
-    return plain;
-}
 
 std::string random_data(std::size_t size, unsigned seed) {
     std::mt19937_64 rng(seed);
