@@ -3,6 +3,7 @@
 #include "common.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/image.hpp>
 #include <luksforge/luks.hpp>
 #include <luksforge/policy.hpp>
 
@@ -139,6 +140,7 @@ void register_format(CLI::App& app) {
         std::string metadata_size, keyslots_size;
         std::string policy;
         bool json = false;
+        bool force = false;
     };
     auto o = std::make_shared<Options>();
     auto* cmd = app.add_subcommand("format", "Format IMAGE as LUKS2 with a fresh volume key and one passphrase keyslot");
@@ -162,7 +164,15 @@ void register_format(CLI::App& app) {
                                    "(docs/policy.md); the metadata then holds the policy's Clevis token");
     for (const char* name : {"--cipher", "--key-size", "--metadata-size", "--keyslots-size"}) policy->excludes(name);
     cmd->add_flag("--json", o->json, "Print the inspection as JSON");
+    cmd->add_flag("--force", o->force,
+                  "Overwrite IMAGE even when it already holds a LUKS volume, a filesystem or a partition table");
     set_action(*cmd, [o] {
+        // Like cryptsetup's confirmation prompt, but scriptable: never destroy recognisable data unasked.
+        std::error_code ec;
+        if (!o->force && std::filesystem::exists(o->image, ec))
+            if (const auto content = detect_content(o->image))
+                throw FormatError(o->image + " already holds " + *content +
+                                  "; luksforge format would destroy it (pass --force to overwrite)");
         FormatOptions options;
         const auto dash = o->cipher.find('-');
         if (dash == std::string::npos || dash == 0 || dash + 1 == o->cipher.size())

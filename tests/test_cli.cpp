@@ -256,10 +256,29 @@ TEST_CASE("exit codes and one-line errors; bad input changes nothing") {
                      (dir / "wrong").string()});
         CHECK(r.exit_code == 5);
         check_one_line_error(r, "is locked by another luksforge process");
-        r = format(image, dir / "pass");
+        r = format(image, dir / "pass", {"--force"});
         CHECK(r.exit_code == 5);
     }
     CHECK(read_file_bytes(image, 0, 16 * kMiB) == header);
+
+    // format never destroys recognisable data unless told to: a LUKS volume, a filesystem, a partition table.
+    r = format(image, dir / "pass");
+    CHECK(r.exit_code == 7);
+    check_one_line_error(r, "already holds crypto_LUKS");
+    CHECK(read_file_bytes(image, 0, 16 * kMiB) == header);
+    make_sparse_file(dir / "fs.img", 32 * kMiB);
+    run_ok({"mkfs.ext4", "-q", "-F", (dir / "fs.img").string()});
+    make_sparse_file(dir / "disk.img", 32 * kMiB);
+    run_ok({"sfdisk", "--quiet", (dir / "disk.img").string()}, "label: gpt\n");
+    for (const auto& [name, what] : {std::pair{"fs.img", "ext4"}, std::pair{"disk.img", "gpt partition table"}}) {
+        const std::string before = read_file_bytes(dir / name);
+        r = format(dir / name, dir / "pass");
+        CHECK(r.exit_code == 7);
+        check_one_line_error(r, std::string("already holds ") + what);
+        CHECK(read_file_bytes(dir / name) == before);
+    }
+    REQUIRE(format(dir / "fs.img", dir / "pass", {"--force"}).exit_code == 0);
+    CHECK(run_cli({"inspect", (dir / "fs.img").string()}).exit_code == 0);
 
     CHECK(run_cli({"format", image.string(), "--passphrase-file", (dir / "pass").string(), "--size", "12Q"}).exit_code == 2);
     CHECK(run_cli({"no-such-command"}).exit_code == 2);

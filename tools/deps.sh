@@ -8,7 +8,7 @@ packages=(
   libfmt-dev libcli11-dev libtomlplusplus-dev libsqlite3-dev doctest-dev pybind11-dev python3-dev python3-pybind11
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
-  openssl sqlite3
+  openssl sqlite3 e2fsprogs
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap

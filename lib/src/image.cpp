@@ -102,6 +102,22 @@ std::optional<LuksHeader> probe_luks(int fd, std::uint64_t offset, std::uint64_t
 
 // --- probing ------------------------------------------------------------------------------------------------
 
+std::optional<std::string> detect_content(const std::filesystem::path& image) {
+    Fd fd = open_or_throw(image, O_RDONLY, "cannot open");
+    ProbePtr probe = new_probe(fd.get(), 0, 0, image);
+    blkid_probe_enable_superblocks(probe.get(), 1);
+    blkid_probe_set_superblocks_flags(probe.get(), BLKID_SUBLKS_TYPE);
+    blkid_probe_enable_partitions(probe.get(), 1);
+    blkid_probe_set_partitions_flags(probe.get(), BLKID_PARTS_MAGIC);
+    const int rc = blkid_do_safeprobe(probe.get());
+    if (rc == -2) return "several signatures";
+    if (rc < 0) throw Error(EIO, "libblkid cannot probe " + image.string());
+    if (rc == 1) return std::nullopt;
+    if (std::string type = lookup(probe.get(), "TYPE"); !type.empty()) return type;
+    if (std::string table = lookup(probe.get(), "PTTYPE"); !table.empty()) return table + " partition table";
+    return std::nullopt;
+}
+
 ImageProbe probe_image(const std::filesystem::path& image) {
     Fd fd = open_or_throw(image, O_RDONLY, "cannot open");
     struct stat st{};

@@ -37,6 +37,11 @@ struct ImageProbe {
 // Probe a regular file or block device. Throws NotFoundError (missing), Error (unreadable).
 ImageProbe probe_image(const std::filesystem::path& image);
 
+// What libblkid recognises on IMAGE as a whole: a superblock ("crypto_LUKS", "ext4", "swap", ...) or a partition
+// table ("gpt", "dos"); "several signatures" when they disagree; nullopt for a blank or unrecognised device.
+// Lets `format` refuse to destroy data it was not told to overwrite. Throws like probe_image.
+std::optional<std::string> detect_content(const std::filesystem::path& image);
+
 // One LUKS2 volume inside an image: the whole image (bare LUKS) or one partition of it.
 struct LuksTarget {
     std::filesystem::path image;
