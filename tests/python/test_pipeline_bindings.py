@@ -55,6 +55,7 @@ def test_probe_gpt_image_and_loop_context_manager(tmp_path, passphrase):
     probe = luksforge.probe_image(disk)
     assert probe.table == "gpt" and [p.number for p in probe.partitions] == [1, 2]
     assert luksforge.luks_targets(probe) == []
+    assert luksforge.detect_content(disk) == "gpt partition table"
     part = probe.partitions[1]
     with luksforge.attach_loop(disk, offset_bytes=part.offset_bytes, size_bytes=part.size_bytes) as loop:
         device = loop.device
@@ -64,6 +65,10 @@ def test_probe_gpt_image_and_loop_context_manager(tmp_path, passphrase):
     assert not loop.attached
     attached = run("losetup", "-j", disk).stdout.decode()
     assert attached == "", f"loop device left behind: {attached}"
+    blank = tmp_path / "blank.img"
+    with open(blank, "wb") as f:
+        f.truncate(1 << 20)
+    assert luksforge.detect_content(blank) is None
     target = luksforge.select_luks_target(disk)
     assert target.partition == 2 and str(target) == f"{disk} partition 2"
     with luksforge.attach_target(target) as attached:

@@ -70,6 +70,12 @@ void register_image(py::module_& m) {
         py::gil_scoped_release release;
         return probe_image(image);
     }, "image"_a, "Probe a regular file or block device (GPT, MBR, bare LUKS).");
+    m.def("detect_content", [](const std::filesystem::path& image) {
+        py::gil_scoped_release release;
+        return detect_content(image);
+    }, "image"_a,
+       "What libblkid recognises on the whole image (\"crypto_LUKS\", \"ext4\", \"gpt partition table\", ...), "
+       "or None when it is blank: check before Volume.format, which overwrites like cryptsetup --batch-mode.");
     m.def("luks_targets", &luks_targets, "probe"_a, "Every LUKS2 volume in a probed image.");
     m.def("select_luks_target", [](const std::filesystem::path& image, std::optional<int> partition) {
         py::gil_scoped_release release;
