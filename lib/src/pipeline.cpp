@@ -43,10 +43,25 @@ std::string absolute_string(const std::filesystem::path& path) {
     return (ec ? path : absolute.lexically_normal()).string();
 }
 
-std::string ledger_image_name(const LuksTarget& target) {
-    std::string name = absolute_string(target.image);
-    if (target.partition) name += " partition " + std::to_string(*target.partition);
+// The ledger's name for a volume: the image's absolute path, plus " partition N" for a partition of it.
+std::string ledger_image_name(const std::filesystem::path& image, std::optional<int> partition) {
+    std::string name = absolute_string(image);
+    if (partition) name += " partition " + std::to_string(*partition);
     return name;
+}
+
+std::string ledger_image_name(const LuksTarget& target) { return ledger_image_name(target.image, target.partition); }
+
+LedgerRecord ledger_record(std::string fingerprint, std::string image, std::string uuid, const PolicySource& policy,
+                           std::string event) {
+    LedgerRecord record;
+    record.fingerprint = std::move(fingerprint);
+    record.image = std::move(image);
+    record.uuid = std::move(uuid);
+    record.policy_path = policy.path.string();
+    record.policy_hash = policy.sha256;
+    record.event = std::move(event);
+    return record;
 }
 
 class Stopwatch {
@@ -464,14 +479,8 @@ SealReport seal(const std::filesystem::path& image, const SecretBuffer& build_pa
     report.finished_at = utc_timestamp();
     if (options.ledger) {
         Ledger ledger = Ledger::open(*options.ledger);
-        LedgerRecord record;
-        record.fingerprint = report.fingerprint_after;
-        record.image = ledger_image_name(target);
-        record.uuid = report.uuid;
-        record.policy_path = options.policy.path.string();
-        record.policy_hash = options.policy.sha256;
-        record.event = "sealed";
-        ledger.record(std::move(record));
+        ledger.record(
+            ledger_record(report.fingerprint_after, ledger_image_name(target), report.uuid, options.policy, "sealed"));
     }
     return report;
 }
@@ -761,15 +770,10 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
         for (int attempt = 0;; ++attempt) {
             std::optional<std::int64_t> reservation;
             if (ledger) {
-                LedgerRecord record;
-                record.fingerprint = instance.fingerprint;
-                record.image = absolute_string(final_path);
-                if (base_target.partition) record.image += " partition " + std::to_string(*base_target.partition);
-                record.uuid = instance.uuid;
-                record.policy_path = options.policy.path.string();
-                record.policy_hash = options.policy.sha256;
-                record.event = "stamped";
-                reservation = ledger->reserve(std::move(record), options.max_instances_per_key);
+                reservation = ledger->reserve(
+                    ledger_record(instance.fingerprint, ledger_image_name(final_path, base_target.partition),
+                                  instance.uuid, options.policy, "stamped"),
+                    options.max_instances_per_key);
             }
             try {
                 rename_no_replace(partial, final_path);
@@ -828,20 +832,13 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
     std::optional<std::int64_t> reservation;
     if (options.ledger) {
         ledger = Ledger::open(*options.ledger);
-        LedgerRecord base_record;
-        base_record.fingerprint = instance.fingerprint;
-        base_record.image = ledger_image_name(target);
-        base_record.uuid = instance.uuid;
-        base_record.policy_path = options.policy.path.string();
-        base_record.policy_hash = options.policy.sha256;
-        base_record.event = "sealed";
+        const LedgerRecord base_record =
+            ledger_record(instance.fingerprint, ledger_image_name(target), instance.uuid, options.policy, "sealed");
         // The base itself is an instance of its key; reserve() does not count an already-recorded image twice.
         ledger->reserve(base_record, options.max_instances_per_key);
-        LedgerRecord record = base_record;
-        record.image = absolute_string(out);
-        if (target.partition) record.image += " partition " + std::to_string(*target.partition);
-        record.event = "cloned";
-        reservation = ledger->reserve(std::move(record), options.max_instances_per_key);
+        reservation = ledger->reserve(ledger_record(instance.fingerprint, ledger_image_name(out, target.partition),
+                                                    instance.uuid, options.policy, "cloned"),
+                                      options.max_instances_per_key);
     }
     try {
         const std::filesystem::path partial =
