@@ -104,6 +104,13 @@ struct Env {
         args.insert(args.end(), extra.begin(), extra.end());
         return run_cli(args);
     }
+    // Seal with the test-only hook that SIGKILLs the process at `step`, and check that it really fired there.
+    void seal_killed_at(const fs::path& image, const std::string& step) {
+        ::setenv("LUKSFORGE_CRASH_AT", step.c_str(), 1);
+        const RunResult crashed = seal(image);
+        ::unsetenv("LUKSFORGE_CRASH_AT");
+        CHECK_MESSAGE(crashed.exit_code == 128 + 9, crashed.err);  // 128 + SIGKILL
+    }
 };
 
 bool build_opens(const fs::path& device) {
@@ -275,11 +282,7 @@ TEST_CASE("kill -9 at every step of seal: always openable, and a rerun ends seal
     for (const std::string& step : seal_crash_points()) {
         CAPTURE(step);
         Candidate c = copy_candidate(tmpl, env.dir / ("crash-" + step + ".img"));
-        ::setenv("LUKSFORGE_CRASH_AT", step.c_str(), 1);
-        RunResult crashed = env.seal(c.image);
-        ::unsetenv("LUKSFORGE_CRASH_AT");
-        // The hook fired (128 + SIGKILL), so this step really was interrupted.
-        CHECK(crashed.exit_code == 128 + 9);
+        env.seal_killed_at(c.image, step);  // the hook fired, so this step really was interrupted
         check_no_loop_left(c.image);
         {
             LoopDevice loop(c.image, c.offset, c.size);
@@ -393,10 +396,7 @@ TEST_CASE("kill -9 at every step of sealing a clevis-bound image: never a dangli
     for (const std::string& step : seal_crash_points()) {
         CAPTURE(step);
         Candidate c = copy_candidate(tmpl, env.dir / ("crash-" + step + ".img"));
-        ::setenv("LUKSFORGE_CRASH_AT", step.c_str(), 1);
-        RunResult crashed = env.seal(c.image);
-        ::unsetenv("LUKSFORGE_CRASH_AT");
-        CHECK(crashed.exit_code == 128 + 9);
+        env.seal_killed_at(c.image, step);
         {
             LoopDevice loop(c.image, c.offset, c.size);
             check_no_dangling_token(loop.path());
