@@ -7,7 +7,7 @@
 #include "tang_server.hpp"
 #include "testutil.hpp"
 
-#include "../lib/src/sss.hpp"
+#include "../lib/src/pins/sss.hpp"
 
 #include <luksforge/clevis.hpp>
 #include <luksforge/error.hpp>

@@ -1,9 +1,9 @@
 // The tang pin: Clevis's compact JWE with ECDH-ES key agreement against a Tang exchange key
 // (clevis-encrypt-tang), and McCallum-Relyea recovery through the Tang server (clevis-decrypt-tang).
 // libjose does the JOSE work exactly as the `jose` commands Clevis runs, so both sides read each other's JWEs.
-#include "jose_util.hpp"
-#include "json_util.hpp"
-#include "pins.hpp"
+#include "util/jose_util.hpp"
+#include "util/json_util.hpp"
+#include "pins/pins.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/tang.hpp>

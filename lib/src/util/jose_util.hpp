@@ -2,7 +2,7 @@
 // library's last error message, thumbprints, base64url of JSON, and compact JWE splitting.
 #pragma once
 
-#include "json_util.hpp"
+#include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
 

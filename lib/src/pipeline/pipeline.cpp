@@ -7,8 +7,8 @@
 #include <luksforge/pipeline.hpp>
 #include <luksforge/tang.hpp>
 
-#include "digest.hpp"
-#include "json_util.hpp"
+#include "util/digest.hpp"
+#include "util/json_util.hpp"
 
 #include <openssl/evp.h>
 

@@ -2,11 +2,11 @@
 // the polynomial's constant coefficient; each child pin (tang, or sss again) encrypts one share x‖y. The outer
 // JWE is "dir" + A256GCM with the children's compact JWEs in the protected header, exactly as
 // clevis-encrypt-sss writes it, so stock `clevis decrypt` reads ours and we read theirs.
-#include "sss.hpp"
+#include "pins/sss.hpp"
 
-#include "error_util.hpp"
-#include "json_util.hpp"
-#include "pins.hpp"
+#include "util/error_util.hpp"
+#include "util/json_util.hpp"
+#include "pins/pins.hpp"
 
 #include <luksforge/error.hpp>
 

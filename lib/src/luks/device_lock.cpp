@@ -1,4 +1,4 @@
-#include "device_lock.hpp"
+#include "luks/device_lock.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/luks.hpp>

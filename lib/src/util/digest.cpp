@@ -1,4 +1,4 @@
-#include "digest.hpp"
+#include "util/digest.hpp"
 
 #include <luksforge/error.hpp>
 

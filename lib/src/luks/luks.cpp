@@ -1,10 +1,10 @@
 #include <luksforge/error.hpp>
 #include <luksforge/luks.hpp>
 
-#include "cryptsetup_util.hpp"
-#include "device_lock.hpp"
-#include "digest.hpp"
-#include "json_util.hpp"
+#include "util/cryptsetup_util.hpp"
+#include "luks/device_lock.hpp"
+#include "util/digest.hpp"
+#include "util/json_util.hpp"
 
 #include <libcryptsetup.h>
 #include <openssl/evp.h>

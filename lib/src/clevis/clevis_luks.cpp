@@ -2,9 +2,9 @@
 // (clevis-luks-common-functions: clevis_luks2_save_slot, clevis_luks_add_key, clevis_luks_print_pin_config).
 #include <luksforge/clevis.hpp>
 
-#include "cryptsetup_util.hpp"
-#include "jose_util.hpp"
-#include "json_util.hpp"
+#include "util/cryptsetup_util.hpp"
+#include "util/jose_util.hpp"
+#include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/tang.hpp>

@@ -2,9 +2,9 @@
 // `luksforge policy check` reports, and what a policy means for clevis_encrypt/bind and for format.
 #include <luksforge/policy.hpp>
 
-#include "cryptsetup_util.hpp"
-#include "error_util.hpp"
-#include "json_util.hpp"
+#include "util/cryptsetup_util.hpp"
+#include "util/error_util.hpp"
+#include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/tang.hpp>

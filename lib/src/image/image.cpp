@@ -2,7 +2,7 @@
 #include <luksforge/error.hpp>
 #include <luksforge/image.hpp>
 
-#include "json_util.hpp"
+#include "util/json_util.hpp"
 
 #include <blkid/blkid.h>
 #include <fcntl.h>

@@ -6,7 +6,7 @@
 #include <luksforge/luks.hpp>
 #include <luksforge/pipeline.hpp>
 
-#include "json_util.hpp"
+#include "util/json_util.hpp"
 
 #include <sys/stat.h>
 

@@ -1,8 +1,8 @@
 // Tang client over libcurl and libjose: advertisement fetch and verification, trust decision, recovery.
 #include <luksforge/tang.hpp>
 
-#include "jose_util.hpp"
-#include "json_util.hpp"
+#include "util/jose_util.hpp"
+#include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
 

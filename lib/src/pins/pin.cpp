@@ -1,8 +1,8 @@
 // The pin dispatcher behind clevis_encrypt/clevis_decrypt: parse the config or the JWE's protected header and
 // hand over to the pin it names (tang, sss). sss calls back in here for its children, so pins nest.
-#include "jose_util.hpp"
-#include "json_util.hpp"
-#include "pins.hpp"
+#include "util/jose_util.hpp"
+#include "util/json_util.hpp"
+#include "pins/pins.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/pin.hpp>

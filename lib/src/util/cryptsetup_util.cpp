@@ -1,4 +1,4 @@
-#include "cryptsetup_util.hpp"
+#include "util/cryptsetup_util.hpp"
 
 #include <libcryptsetup.h>
 
