@@ -41,7 +41,6 @@ std::string_view verification_name(clevis::Verification v) {
     switch (v) {
     case clevis::Verification::verified: return "verified";
     case clevis::Verification::skipped: return "skipped";
-    case clevis::Verification::server_unreachable: return "server_unreachable";
     }
     return "unknown";
 }
@@ -58,7 +57,7 @@ void report_bind(const clevis::BindResult& result, bool json) {
         print_json(bind_result_json(result));
     else
         std::printf("%s\n", result.message.c_str());
-    if (result.verification == clevis::Verification::server_unreachable)
+    if (result.verification != clevis::Verification::verified)
         std::fprintf(stderr, "luksforge: warning: %s\n", result.message.c_str());
 }
 
@@ -68,6 +67,8 @@ struct BindArgs {
     SecretOption passphrase;
     bool trust_on_first_use = false;
     int slot = -1;
+    int token_id = -1;
+    int existing_token = -1;
     std::uint32_t iterations = 1000;
     bool no_verify = false;
     bool json = false;
@@ -84,6 +85,8 @@ struct SlotArgs {
     int key_fd = -1;
     std::string config;
     bool trust_on_first_use = false;
+    bool pins_only = false;
+    SecretOption passphrase;
     std::uint32_t iterations = 1000;
     NetworkFlags network;
 };
@@ -105,11 +108,18 @@ void register_clevis_commands(CLI::App& app) {
                                        "bind the pin, servers, trust and keyslot PBKDF of a deployment policy "
                                        "(docs/policy.md) instead of PIN CONFIG")
                            ->type_name("FILE");
-        add_secret_option(*cmd, a->passphrase, "passphrase", "an existing passphrase of the volume", true);
+        add_secret_option(*cmd, a->passphrase, "passphrase",
+                          "an existing passphrase of the volume (required unless -e)");
         cmd->add_flag("-y,--trust-on-first-use", a->trust_on_first_use,
                       "trust an advertisement that is neither pinned by \"thp\" nor given as \"adv\"");
         cmd->add_option("-s,--slot", a->slot, "keyslot for the binding (default: first free)")->check(CLI::Range(0, 31));
-        cmd->add_option("--pbkdf-iterations", a->iterations, "pbkdf2 iterations of the new keyslot")
+        cmd->add_option("-t,--token-id", a->token_id, "token id for the binding (default: first free)")
+            ->check(CLI::Range(0, 31));
+        cmd->add_option("-e,--existing-token", a->existing_token,
+                        "unlock with this existing token instead of a passphrase (a clevis token, or a "
+                        "luks2-keyring token whose key is in the kernel keyring)")
+            ->check(CLI::Range(0, 31));
+        cmd->add_option("--pbkdf-iterations", a->iterations, "pbkdf2 iterations of the new keyslot (hash: the volume's)")
             ->capture_default_str()
             ->check(CLI::Range(1000u, 100000000u));
         cmd->add_flag("--no-verify", a->no_verify, "do not prove through the server that the token opens its slot");
@@ -121,7 +131,13 @@ void register_clevis_commands(CLI::App& app) {
                 throw CLI::ValidationError("--policy replaces PIN and CONFIG: give one or the other");
             if (a->policy.empty() && (a->pin.empty() || a->config.empty()))
                 throw CLI::RequiredError("PIN and CONFIG (or --policy FILE)");
-            SecretBuffer existing = a->passphrase.read("existing passphrase");
+            if (a->passphrase.given() == (a->existing_token >= 0))
+                throw CLI::ValidationError("bind", "give an existing passphrase (--passphrase-file/--passphrase-fd) or "
+                                                   "-e EXISTING_TOKEN_ID, exactly one");
+            if (!a->policy.empty() && (a->existing_token >= 0 || a->token_id >= 0))
+                throw CLI::ValidationError("bind", "-e and -t are not available with --policy");
+            SecretBuffer existing;
+            if (a->passphrase.given()) existing = a->passphrase.read("existing passphrase");
             if (!a->policy.empty()) {
                 report_bind(bind_under_policy(a->image, a->policy, existing, pin_options(a->network).network, a->slot,
                                               !a->no_verify),
@@ -132,8 +148,11 @@ void register_clevis_commands(CLI::App& app) {
             clevis::BindOptions options;
             options.pin = pin_options(a->network, a->trust_on_first_use);
             options.keyslot = a->slot;
-            options.pbkdf = Pbkdf::pbkdf2_fast(a->iterations);
+            options.token_id = a->token_id;
+            options.pbkdf.iterations = a->iterations;
             options.verify = !a->no_verify;
+            if (a->existing_token >= 0)
+                existing = clevis::existing_token_passphrase(volume, a->existing_token, options.pin);
             report_bind(clevis::bind(volume, a->pin, a->config, existing.view(), options), a->json);
             return 0;
         });
@@ -187,6 +206,7 @@ void register_clevis_commands(CLI::App& app) {
         auto a = std::make_shared<SlotArgs>();
         cmd->add_option("IMAGE", a->image, "LUKS2 image file or device")->required();
         cmd->add_option("-s,--slot", a->slot, "only this keyslot")->check(CLI::Range(0, 31));
+        cmd->add_flag("-p,--pins", a->pins_only, "print only the sorted pins each binding uses, e.g. '1: sss tang'");
         cmd->add_flag("--json", a->json, "print a JSON array");
         set_action(*cmd, [a] {
             const Volume volume = Volume::open(a->image, Volume::Access::read_only);
@@ -195,9 +215,20 @@ void register_clevis_commands(CLI::App& app) {
                 if (a->slot >= 0 && binding.keyslot != a->slot) continue;
                 if (a->json) {
                     if (json.size() > 1) json += ",";
+                    std::string pins = "[";
+                    for (const auto& pin : binding.pins) pins += (pins.size() > 1 ? "," : "") + json_quote(pin);
                     json += "{\"keyslot\":" + std::to_string(binding.keyslot) + ",\"token\":" +
                             std::to_string(binding.token) + ",\"pin\":" + json_quote(binding.pin) +
-                            ",\"config\":" + (binding.config.empty() ? "null" : binding.config) + "}";
+                            ",\"config\":" + (binding.config.empty() ? "null" : binding.config) +
+                            ",\"pins\":" + pins + "]" +
+                            (binding.problem.empty() ? "" : ",\"problem\":" + json_quote(binding.problem)) + "}";
+                } else if (!binding.problem.empty()) {
+                    // Clevis skips unreadable tokens silently; say what is wrong, on stderr.
+                    std::fprintf(stderr, "luksforge: warning: %s\n", clevis::format_binding(binding).c_str());
+                } else if (a->pins_only) {
+                    std::string pins;
+                    for (const auto& pin : binding.pins) pins += (pins.empty() ? "" : " ") + pin;
+                    std::printf("%d: %s\n", binding.keyslot, pins.c_str());
                 } else {
                     std::printf("%s\n", clevis::format_binding(binding).c_str());
                 }
@@ -221,7 +252,7 @@ void register_clevis_commands(CLI::App& app) {
     }
     {
         auto* cmd = app.add_subcommand(
-            "regen", "Re-bind a Clevis binding to the server's current keys (after rotation): new slot first");
+            "regen", "Regenerate a Clevis binding in place (same keyslot) with the servers' current keys");
         auto a = std::make_shared<SlotArgs>();
         cmd->add_option("IMAGE", a->image, "LUKS2 image file or device")->required();
         cmd->add_option("-s,--slot", a->slot, "keyslot of the binding to regenerate")->required()->check(
@@ -230,24 +261,31 @@ void register_clevis_commands(CLI::App& app) {
                         "pin config for the new binding (default: the old one's, trusting its server as "
                         "clevis luks regen does)");
         cmd->add_flag("-y,--trust-on-first-use", a->trust_on_first_use, "with --config: trust an unpinned server");
-        cmd->add_option("--pbkdf-iterations", a->iterations, "pbkdf2 iterations of the new keyslot")
+        add_secret_option(*cmd, a->passphrase, "passphrase",
+                          "an existing passphrase, used when the old binding no longer recovers (its Tang keys "
+                          "are gone)");
+        cmd->add_option("--pbkdf-iterations", a->iterations, "pbkdf2 iterations of the new keyslot (hash: the volume's)")
             ->capture_default_str()
             ->check(CLI::Range(1000u, 100000000u));
         cmd->add_flag("--json", a->json, "print the result as JSON");
         add_network_options(*cmd, a->network);
         set_action(*cmd, [a] {
+            SecretBuffer existing;
+            if (a->passphrase.given()) existing = a->passphrase.read("existing passphrase");
             Volume volume = Volume::open(a->image, Volume::Access::read_write);
             clevis::RegenOptions options;
             options.bind.pin = pin_options(a->network, a->trust_on_first_use);
-            options.bind.pbkdf = Pbkdf::pbkdf2_fast(a->iterations);
+            options.bind.pbkdf.iterations = a->iterations;
             if (!a->config.empty()) options.config_json = a->config;
+            if (a->passphrase.given()) options.existing_passphrase = existing.view();
             const clevis::RegenResult result = clevis::regen(volume, a->slot, options);
             if (a->json) {
-                print_json("{\"old_keyslot\":" + std::to_string(result.old_keyslot) +
+                print_json("{\"old_keyslot\":" + std::to_string(result.old_keyslot) + ",\"resumed\":" +
+                           (result.resumed ? "true" : "false") + ",\"used_existing_passphrase\":" +
+                           (result.used_existing_passphrase ? "true" : "false") +
                            ",\"new\":" + bind_result_json(result.bound) + "}");
             } else {
-                std::printf("regenerated: keyslot %d replaced by keyslot %d; %s\n", result.old_keyslot,
-                            result.bound.keyslot, result.bound.message.c_str());
+                std::printf("%s\n", result.bound.message.c_str());
             }
             return 0;
         });

@@ -14,7 +14,6 @@ std::string verification_name(clevis::Verification v) {
     switch (v) {
         case clevis::Verification::verified: return "verified";
         case clevis::Verification::skipped: return "skipped";
-        case clevis::Verification::server_unreachable: return "server_unreachable";
     }
     return "unknown";
 }
@@ -44,7 +43,7 @@ void register_clevis(py::module_& m) {
         .def_readonly("token", &clevis::BindResult::token)
         .def_property_readonly("verification", [](const clevis::BindResult& r) {
             return verification_name(r.verification);
-        }, "'verified', 'skipped' or 'server_unreachable' (NOT verified).")
+        }, "'verified', or 'skipped' (verify=False: NOT verified).")
         .def_property_readonly("verified", [](const clevis::BindResult& r) {
             return r.verification == clevis::Verification::verified;
         })
@@ -68,15 +67,21 @@ void register_clevis(py::module_& m) {
         .def_readonly("pin", &clevis::Binding::pin)
         .def_readonly("config", &clevis::Binding::config)
         .def_readonly("jwe", &clevis::Binding::jwe)
-        .def_property_readonly("config_data", [](const clevis::Binding& b) { return json_loads(b.config); })
+        .def_readonly("problem", &clevis::Binding::problem, "Why the token cannot be read ('' when it can).")
+        .def_readonly("pins", &clevis::Binding::pins, "Every pin used, nested ones included, sorted.")
+        .def_property_readonly("config_data", [](const clevis::Binding& b) {
+            return b.config.empty() ? py::object(py::none()) : json_loads(b.config);
+        })
         .def("__str__", &clevis::format_binding)
         .def("__repr__", [](const clevis::Binding& b) {
             return "Binding(keyslot=" + std::to_string(b.keyslot) + ", pin='" + b.pin + "')";
         });
 
-    py::class_<clevis::RegenResult>(m, "RegenResult", "The keyslot a regen replaced and the new binding.")
+    py::class_<clevis::RegenResult>(m, "RegenResult", "The keyslot a regen regenerated in place and the new binding.")
         .def_readonly("old_keyslot", &clevis::RegenResult::old_keyslot)
         .def_readonly("bound", &clevis::RegenResult::bound)
+        .def_readonly("resumed", &clevis::RegenResult::resumed)
+        .def_readonly("used_existing_passphrase", &clevis::RegenResult::used_existing_passphrase)
         .def("__repr__", [](const clevis::RegenResult& r) {
             return "RegenResult(old_keyslot=" + std::to_string(r.old_keyslot) + ", keyslot=" +
                    std::to_string(r.bound.keyslot) + ")";
@@ -124,16 +129,18 @@ Network and PBKDF work run with the GIL released.)doc")
            "Remove the clevis token bound to `keyslot` and the keyslot (never the last one unless force=True).")
         .def("bindings", [](PyVolume& v) { return v.run([](Volume& vol) { return clevis::list(vol); }); },
              "Every clevis token, ordered by keyslot (like `clevis luks list`).")
-        .def("regen", [](PyVolume& v, int keyslot, py::handle config, int new_keyslot,
-                         const std::optional<Pbkdf>& pbkdf, bool verify, bool trust_on_first_use,
-                         const NetworkOptions* network) {
+        .def("regen", [](PyVolume& v, int keyslot, py::handle config, py::handle passphrase,
+                         const std::optional<Pbkdf>& pbkdf, bool trust_on_first_use, const NetworkOptions* network) {
             clevis::RegenOptions options;
-            options.bind = bind_options(new_keyslot, pbkdf, verify, trust_on_first_use, network);
+            options.bind = bind_options(-1, pbkdf, true, trust_on_first_use, network);
             if (!config.is_none()) options.config_json = json_text(config, "config");
+            std::optional<SecretBuffer> pass = optional_secret_from(passphrase, "passphrase");
+            if (pass) options.existing_passphrase = pass->view();
             return v.run([&](Volume& vol) { return clevis::regen(vol, keyslot, options); });
-        }, "keyslot"_a, py::kw_only(), "config"_a = py::none(), "new_keyslot"_a = -1, "pbkdf"_a = py::none(),
-           "verify"_a = true, "trust_on_first_use"_a = false, "network"_a = py::none(),
-           "Re-bind after a Tang key rotation; the old binding goes only after the new one is verified.")
+        }, "keyslot"_a, py::kw_only(), "config"_a = py::none(), "passphrase"_a = py::none(), "pbkdf"_a = py::none(),
+           "trust_on_first_use"_a = false, "network"_a = py::none(),
+           "Regenerate a binding in place (same keyslot and token) after a Tang key rotation, crash-safely; "
+           "`passphrase` (an existing one) is used when the old binding no longer recovers.")
         .def("activate", [](PyVolume& v, const std::string& name, py::handle passphrase, int keyslot) {
             SecretBuffer pass = secret_from(passphrase, "passphrase");
             v.run([&](Volume& vol) { clevis::activate(vol, name, pass, keyslot); });

@@ -1,5 +1,8 @@
-// Clevis LUKS2 bindings: bind/unlock/unbind/list/regen over the `clevis` token Clevis writes
-// (clevis-luks-common-functions: clevis_luks2_save_slot, clevis_luks_add_key, clevis_luks_print_pin_config).
+// Clevis LUKS2 bindings: bind/unlock/list over the `clevis` token Clevis writes (clevis-luks-common-functions:
+// clevis_luks2_save_slot, clevis_luks_add_key, clevis_luks_print_pin_config). unbind.cpp and regen.cpp hold
+// the crash-safe removal and regeneration.
+#include "clevis/clevis_internal.hpp"
+
 #include <luksforge/clevis.hpp>
 
 #include "util/cryptsetup_util.hpp"
@@ -15,80 +18,18 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <linux/keyctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace luksforge::clevis {
+
+using namespace clevis::internal;
+
 namespace {
 
 using detail::JsonPtr;
 using detail::json_take;
-
-// Clevis makes the slot passphrase as the "k" of a 40-byte random oct JWK: 54 base64url characters.
-SecretBuffer new_slot_passphrase() {
-    SecretBuffer raw = random_secret(40);
-    return base64url_encode(raw.bytes());
-}
-
-// What a new keyslot adds to the compact LUKS2 JSON: measured 296 bytes for a pbkdf2 slot plus ~14 for its key,
-// the token's key and the digest's slot reference (argon2 slots are about as long); 400 leaves room.
-constexpr std::size_t keyslot_json_bytes = 400;
-
-// Refuse before writing anything when the keyslot and token would not fit the LUKS2 JSON metadata area.
-void check_metadata_room(const Volume& volume, std::size_t token_bytes) {
-    auto guard = detail::cryptsetup_guard();
-    crypt_device* cd = volume.native_handle();
-    std::uint64_t metadata_size = 0, keyslots_size = 0;
-    detail::check_crypt(crypt_get_metadata_size(cd, &metadata_size, &keyslots_size), "reading the LUKS2 metadata size");
-    const char* json = nullptr;
-    detail::check_crypt(crypt_dump_json(cd, &json, 0), "reading the LUKS2 metadata");
-    // crypt_dump_json() re-serialises with spacing (~50 % longer); the area holds the compact text, which is
-    // exactly jansson's compact form of it (checked against the on-disk bytes).
-    const std::size_t used = json ? detail::json_dump(detail::json_parse(json, "LUKS2 metadata").get()).size() : 0;
-    // The metadata area holds the 4 KiB binary header and the JSON text (NUL-terminated).
-    const std::size_t capacity = metadata_size > 4096 ? metadata_size - 4096 - 1 : 0;
-    const std::size_t needed = used + token_bytes + keyslot_json_bytes + 16;
-    if (needed > capacity)
-        throw FormatError("the Clevis token (" + std::to_string(token_bytes) + " bytes) and its keyslot do not fit the " +
-                          "LUKS2 metadata: " + std::to_string(used) + " of " + std::to_string(capacity) +
-                          " JSON bytes used, about " + std::to_string(needed) +
-                          " needed; format with a larger metadata area (e.g. --metadata-size 64K)");
-}
-
-// The keyslot a clevis token names (Clevis binds one keyslot per token), or nullopt.
-std::optional<int> token_keyslot(const Token& token) {
-    if (token.keyslots.size() != 1) return std::nullopt;
-    return token.keyslots.front();
-}
-
-std::vector<Token> clevis_tokens(const Volume& volume) {
-    std::vector<Token> result;
-    for (auto& token : volume.tokens())
-        if (token.type == "clevis") result.push_back(std::move(token));
-    return result;
-}
-
-std::optional<Token> token_for_keyslot(const Volume& volume, int keyslot) {
-    for (auto& token : clevis_tokens(volume))
-        if (token_keyslot(token) == keyslot) return token;
-    return std::nullopt;
-}
-
-bool is_network_failure(const TangError& e) {
-    const int code = e.code().value();
-    return code == ECONNREFUSED || code == ETIMEDOUT || code == EHOSTUNREACH || code == ENETUNREACH;
-}
-
-// Remove what a failed bind added; never throws (the original error is what the caller must see).
-void roll_back(Volume& volume, int token, int keyslot) noexcept {
-    try {
-        if (token >= 0) volume.remove_token(token);
-    } catch (...) {
-    }
-    try {
-        if (keyslot >= 0) volume.remove_keyslot(keyslot);
-    } catch (...) {
-    }
-}
 
 template <typename AddKeyslot>
 BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view config_json, const BindOptions& options,
@@ -96,53 +37,49 @@ BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view conf
     if (volume.luks_version() != 2) throw FormatError("Clevis tokens need LUKS2: " + volume.path().string());
     if (options.keyslot >= 0 && volume.keyslot(options.keyslot))
         throw FormatError("keyslot " + std::to_string(options.keyslot) + " is already in use");
+    if (options.token_id >= 0 && volume.token(options.token_id))
+        throw FormatError("token " + std::to_string(options.token_id) + " is already in use");
 
     SecretBuffer passphrase = new_slot_passphrase();
     // Encrypt first: network and trust failures must leave the header untouched.
     const std::string jwe = clevis_encrypt(pin, config_json, passphrase.bytes(), options.pin);
     // Size check with a placeholder keyslot number of the widest form ("31").
-    check_metadata_room(volume, token_json(31, jwe).size());
+    check_metadata_room(volume, token_json(31, jwe).size() + keyslot_json_bytes);
+    const Pbkdf pbkdf = resolved_pbkdf(volume, options.pbkdf);
 
     BindResult result;
-    result.keyslot = add_keyslot(passphrase.view(), options.pbkdf, options.keyslot);
+    result.keyslot = add_keyslot(passphrase.view(), pbkdf, options.keyslot);
     try {
-        result.token = volume.set_token(token_json(result.keyslot, jwe));
+        result.token = volume.set_token(token_json(result.keyslot, jwe), options.token_id);
     } catch (...) {
         roll_back(volume, -1, result.keyslot);
         throw;
     }
 
+    const std::string bound = "bound keyslot " + std::to_string(result.keyslot) + " (token " +
+                              std::to_string(result.token) + ")";
     if (!options.verify) {
         result.verification = Verification::skipped;
-        result.message = "bound keyslot " + std::to_string(result.keyslot) + " (token " +
-                         std::to_string(result.token) + "); verification skipped";
+        result.message = bound + "; NOT verified: the proof through the server was skipped on request";
         return result;
     }
+    // Through the real server: recover from the token as stored, then open the new keyslot with it. Any
+    // failure — the server unreachable or slow included — removes the binding again: nobody checked it.
     try {
-        // Through the real server: recover from the token as stored, then open the new keyslot with it.
         const std::optional<Token> stored = volume.token(result.token);
         if (!stored) throw Error(EIO, "the new token vanished");
-        SecretBuffer recovered = clevis_decrypt(token_to_compact(stored->json), options.pin);
-        if (!recovered.equals(passphrase.bytes()))
-            throw AuthError("verification failed: the token decrypts to another passphrase");
-        if (volume.test_passphrase(recovered.view(), result.keyslot) != result.keyslot)
-            throw AuthError("verification failed: the recovered passphrase does not open keyslot " +
-                            std::to_string(result.keyslot));
-        result.verification = Verification::verified;
-        result.message = "bound keyslot " + std::to_string(result.keyslot) + " (token " + std::to_string(result.token) +
-                         "); verified through the server: the token opens its keyslot";
+        prove_binding(volume, token_to_compact(stored->json), passphrase, result.keyslot, options.pin);
     } catch (const TangError& e) {
-        if (!is_network_failure(e)) {
-            roll_back(volume, result.token, result.keyslot);
-            throw TangError(std::string("binding removed again, verification failed: ") + e.what(), e.code().value());
-        }
-        result.verification = Verification::server_unreachable;
-        result.message = "bound keyslot " + std::to_string(result.keyslot) + " (token " + std::to_string(result.token) +
-                         ") but NOT verified: the Tang server is unreachable (" + e.what() + ")";
+        roll_back(volume, result.token, result.keyslot);
+        throw TangError(std::string("binding removed again: it could not be proven through the server (") +
+                            e.what() + "); bind when the server answers, or pass --no-verify to keep an unproven binding",
+                        e.code().value());
     } catch (...) {
         roll_back(volume, result.token, result.keyslot);
         throw;
     }
+    result.verification = Verification::verified;
+    result.message = bound + "; verified through the server: the token opens its keyslot";
     return result;
 }
 
@@ -151,80 +88,109 @@ JsonPtr header_of(std::string_view compact_jwe) {
     return detail::decode_b64_json(jwe.protected_b64(), "JWE protected header");
 }
 
-// The config object Clevis shows for one pin (clevis_luks_print_pin_config).
-JsonPtr pin_config(const json_t* header, std::string& pin) {
+// Pins whose config `clevis luks list` can show; anything else is "unknown pin 'NAME'".
+bool listable_pin(std::string_view pin) {
+    return pin == "tang" || pin == "sss" || pin == "tpm2" || pin == "tpm1" || pin == "null" || pin == "pkcs11";
+}
+
+// The config object Clevis shows for one pin (clevis_luks_print_pin_config). With `faithful` (regen), sss keeps
+// every child: Clevis's list drops children of unknown pins and all nested sss children but the last one.
+JsonPtr pin_config(const json_t* header, std::string& pin, bool faithful) {
     const json_t* clevis = json_object_get(header, "clevis");
     pin = detail::json_string_or(clevis, "pin");
+    if (pin.empty()) throw FormatError("the JWE header names no clevis pin (clevis.pin)");
     const json_t* content = json_object_get(clevis, pin.c_str());
-    if (pin.empty() || !json_is_object(content)) throw FormatError("JWE header has no clevis pin configuration");
+    if (!json_is_object(content))
+        throw FormatError("the JWE header has no configuration for its pin (clevis." + pin.substr(0, 40) + ")");
     if (pin == "tang") return json_take(json_pack("{s:s}", "url", detail::json_string_or(content, "url").c_str()));
-    if (pin == "tpm2") {
+    if (pin == "null") return json_take(json_object());
+    if (pin == "tpm2" || pin == "tpm1" || pin == "pkcs11") {
+        // Clevis prints the string-valued members it knows, in this order.
+        static const std::vector<const char*> tpm2 = {"hash", "key", "pcr_bank", "pcr_ids", "pcr_digest"};
+        static const std::vector<const char*> tpm1 = {"pcr_ids"};
+        static const std::vector<const char*> pkcs11 = {"uri", "mechanism"};
         JsonPtr config = json_take(json_object());
-        for (const char* key : {"hash", "key", "pcr_bank", "pcr_ids", "pcr_digest"})
-            if (const json_t* v = json_object_get(content, key)) json_object_set(config.get(), key, const_cast<json_t*>(v));
+        for (const char* key : pin == "tpm2" ? tpm2 : pin == "tpm1" ? tpm1 : pkcs11)
+            if (const json_t* v = json_object_get(content, key); json_is_string(v))
+                json_object_set(config.get(), key, const_cast<json_t*>(v));
         return config;
     }
     if (pin == "sss") {
-        // Children grouped by pin, in order; every child JWE is described recursively.
-        JsonPtr pins = json_take(json_object());
-        std::vector<std::string> order;
+        const json_t* t = json_object_get(content, "t");
+        if (!json_is_integer(t)) throw FormatError("the sss JWE header has no integer threshold \"t\"");
+        // Children grouped by pin in Clevis's order; every child JWE is described recursively.
+        std::vector<std::pair<std::string, JsonPtr>> children;
         std::size_t index;
         json_t* child;
         json_array_foreach(json_object_get(content, "jwe"), index, child) {
             if (!json_is_string(child)) continue;
             std::string child_pin;
-            JsonPtr child_header;
             JsonPtr child_config;
             try {
-                child_header = header_of(json_string_value(child));
-                child_config = pin_config(child_header.get(), child_pin);
+                JsonPtr child_header = header_of(json_string_value(child));
+                child_config = pin_config(child_header.get(), child_pin, faithful);
             } catch (const FormatError&) {
                 continue;  // as clevis: undecodable children are skipped
             }
-            json_t* list = json_object_get(pins.get(), child_pin.c_str());
-            if (!list) json_object_set_new(pins.get(), child_pin.c_str(), list = json_array());
-            json_array_append(list, child_config.get());
+            if (!faithful && !listable_pin(child_pin)) continue;
+            children.emplace_back(std::move(child_pin), std::move(child_config));
         }
-        // Clevis writes a single nested sss child as an object, not an array.
-        json_t* nested = json_object_get(pins.get(), "sss");
-        if (json_array_size(nested) == 1) json_object_set(pins.get(), "sss", json_array_get(nested, 0));
-        return json_take(json_pack("{s:O,s:O}", "t", json_object_get(content, "t"), "pins", pins.get()));
+        JsonPtr pins = json_take(json_object());
+        std::vector<std::string> order = {"null", "tang", "tpm1", "tpm2", "pkcs11"};
+        for (const auto& [name, config] : children)
+            if (std::find(order.begin(), order.end(), name) == order.end() && name != "sss") order.push_back(name);
+        for (const std::string& name : order) {
+            JsonPtr list = json_take(json_array());
+            for (const auto& [child_name, config] : children)
+                if (child_name == name) json_array_append(list.get(), config.get());
+            if (json_array_size(list.get()) > 0) json_object_set(pins.get(), name.c_str(), list.get());
+        }
+        // Nested sss: Clevis shows one object (the last); regen keeps all (an array when there are several).
+        JsonPtr nested = json_take(json_array());
+        for (const auto& [child_name, config] : children)
+            if (child_name == "sss") json_array_append(nested.get(), config.get());
+        const std::size_t count = json_array_size(nested.get());
+        if (count == 1 || (count > 1 && !faithful))
+            json_object_set(pins.get(), "sss", json_array_get(nested.get(), count - 1));
+        else if (count > 1)
+            json_object_set(pins.get(), "sss", nested.get());
+        return json_take(json_pack("{s:O,s:O}", "t", t, "pins", pins.get()));
     }
     return json_take(json_object());
 }
 
-// The config for re-binding a tang JWE to the server's current keys, trusted through the old signing key:
-// tangd signs /adv/{old thp} with the rotated-out key as well, and the old JWE's header holds that key.
-// Returns {"url":..., "adv": <the verified current JWK set>}.
-std::string rotated_config_from_old(std::string_view compact_jwe, const PinOptions& options) {
-    JsonPtr header = header_of(compact_jwe);
-    const json_t* tang_header = json_object_get(json_object_get(header.get(), "clevis"), "tang");
-    const std::string url = detail::json_string_or(tang_header, "url");
-    const json_t* old_adv = json_object_get(tang_header, "adv");
-    const json_t* keys = json_object_get(old_adv, "keys");
+// Every pin a JWE uses, nested sss children included (clevis_luks_decode_used_pins).
+void used_pins(const json_t* header, std::vector<std::string>& pins) {
+    const json_t* clevis = json_object_get(header, "clevis");
+    const std::string pin = detail::json_string_or(clevis, "pin");
+    if (pin.empty()) return;
+    pins.push_back(pin);
+    if (pin != "sss") return;
     std::size_t index;
-    json_t* key;
-    std::string last_error = "the old advertisement has no signing key";
-    json_array_foreach(keys, index, key) {
-        if (!jose_jwk_prm(nullptr, key, true, "verify")) continue;
-        const std::string thp = detail::jose_thumbprint(key, "S256");
+    json_t* child;
+    json_array_foreach(json_object_get(json_object_get(clevis, "sss"), "jwe"), index, child) {
+        if (!json_is_string(child)) continue;
         try {
-            tang::Client client(url, options.network);
-            const tang::Advertisement current =
-                tang::parse_advertisement(client.fetch_advertisement_text(thp), detail::json_dump(old_adv));
-            if (!current.has_signing_key(thp)) {
-                last_error = "the old signing key " + thp + " did not sign the current advertisement";
-                continue;
-            }
-            JsonPtr current_keys = detail::json_parse(current.keys_json, "advertisement");
-            JsonPtr config = json_take(json_pack("{s:s,s:O}", "url", url.c_str(), "adv", current_keys.get()));
-            return detail::json_dump(config.get());
-        } catch (const TangError& e) {
-            last_error = e.what();
+            JsonPtr child_header = header_of(json_string_value(child));
+            used_pins(child_header.get(), pins);
+        } catch (const FormatError&) {
         }
     }
-    throw TangError("regen: cannot trust the current advertisement of " + url + " through the old signing key (" +
-                    last_error + "); pass a config with \"thp\" (or trust-on-first-use)");
+}
+
+// The payload of a "user" key in the kernel keyring (what a luks2-keyring token's key_description names).
+SecretBuffer read_user_key(const std::string& description) {
+    const long serial = ::syscall(SYS_request_key, "user", description.c_str(), nullptr, 0);
+    if (serial < 0)
+        throw NotFoundError("no user key '" + description.substr(0, 64) + "' in the kernel keyring: " +
+                            std::strerror(errno));
+    const long size = ::syscall(SYS_keyctl, KEYCTL_READ, serial, nullptr, 0);
+    if (size < 0) throw Error(errno, "cannot read key '" + description.substr(0, 64) + "' from the kernel keyring");
+    SecretBuffer key(static_cast<std::size_t>(size));
+    const long read = ::syscall(SYS_keyctl, KEYCTL_READ, serial, key.chars(), key.size());
+    if (read < 0 || read > size) throw Error(errno, "cannot read key '" + description.substr(0, 64) + "'");
+    key.resize(static_cast<std::size_t>(read));
+    return key;
 }
 
 // The kernel registers the device-mapper misc device when dm_mod is loaded; a /dev/mapper/control node alone
@@ -328,26 +294,17 @@ Unlocked unlock(const Volume& volume, std::optional<int> keyslot, const PinOptio
     throw AuthError(message);
 }
 
-void unbind(Volume& volume, int keyslot, bool force) {
-    const std::optional<Token> token = token_for_keyslot(volume, keyslot);
-    if (!token)
-        throw NotFoundError("no Clevis token is bound to keyslot " + std::to_string(keyslot) + " of " +
-                            volume.path().string());
-    if (volume.keyslot(keyslot)) {
-        const auto slots = volume.keyslots();
-        if (slots.size() <= 1 && !force)
-            throw FormatError("keyslot " + std::to_string(keyslot) +
-                              " is the last keyslot: removing it would make the volume unopenable (use --force)");
-    }
-    // Token first: a token without its keyslot is the worse leftover (Clevis prunes such orphans itself).
-    volume.remove_token(token->id);
-    if (volume.keyslot(keyslot)) volume.remove_keyslot(keyslot);
-}
-
 std::pair<std::string, std::string> describe_jwe(std::string_view compact_jwe) {
     JsonPtr header = header_of(compact_jwe);
     std::string pin;
-    JsonPtr config = pin_config(header.get(), pin);
+    JsonPtr config = pin_config(header.get(), pin, false);
+    return {pin, detail::json_dump(config.get())};
+}
+
+std::pair<std::string, std::string> internal::describe_jwe_faithful(std::string_view compact_jwe) {
+    JsonPtr header = header_of(compact_jwe);
+    std::string pin;
+    JsonPtr config = pin_config(header.get(), pin, true);
     return {pin, detail::json_dump(config.get())};
 }
 
@@ -358,10 +315,19 @@ std::vector<Binding> list(const Volume& volume) {
         binding.token = token.id;
         binding.keyslot = token_keyslot(token).value_or(-1);
         try {
+            if (token.keyslots.empty()) throw FormatError("it names no keyslot");
+            if (token.keyslots.size() > 1)
+                throw FormatError("it names " + std::to_string(token.keyslots.size()) + " keyslots, not one");
             binding.jwe = token_to_compact(token.json);
             std::tie(binding.pin, binding.config) = describe_jwe(binding.jwe);
-        } catch (const FormatError&) {
-            binding.pin = "unknown";
+            JsonPtr header = header_of(binding.jwe);
+            used_pins(header.get(), binding.pins);
+            std::sort(binding.pins.begin(), binding.pins.end());
+            binding.pins.erase(std::unique(binding.pins.begin(), binding.pins.end()), binding.pins.end());
+        } catch (const FormatError& e) {
+            binding.pin.clear();
+            binding.config.clear();
+            binding.problem = e.what();
         }
         result.push_back(std::move(binding));
     }
@@ -370,44 +336,31 @@ std::vector<Binding> list(const Volume& volume) {
 }
 
 std::string format_binding(const Binding& binding) {
-    return std::to_string(binding.keyslot) + ": " + binding.pin + " '" + binding.config + "'";
+    const std::string slot = std::to_string(binding.keyslot) + ": ";
+    if (!binding.problem.empty()) return slot + "unreadable token " + std::to_string(binding.token) + ": " + binding.problem;
+    if (!listable_pin(binding.pin)) return slot + "unknown pin '" + binding.pin.substr(0, 64) + "'";
+    return slot + binding.pin + " '" + binding.config + "'";
 }
 
-RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options) {
-    const std::optional<Token> old_token = token_for_keyslot(volume, keyslot);
-    if (!old_token)
-        throw NotFoundError("no Clevis token is bound to keyslot " + std::to_string(keyslot) + " of " +
-                            volume.path().string());
-    const auto [pin, old_config] = describe_jwe(token_to_compact(old_token->json));
-
-    // Rotated Tang keys still answer /rec, so the old binding recovers its passphrase.
-    Unlocked old = unlock(volume, keyslot, options.bind.pin);
-
-    BindOptions bind_options = options.bind;
-    bind_options.verify = true;
-    std::string config = options.config_json.value_or(old_config);
-    if (!options.config_json) {
-        if (pin == "tang") {
-            // Trust chain across rotation: the old advertisement (in the JWE header) names the old signing key;
-            // tangd still signs /adv/{old thp} with it, vouching for the current keys.
-            if (!options.bind.pin.trust_on_first_use)
-                config = rotated_config_from_old(token_to_compact(old_token->json), options.bind.pin);
-        } else {
-            // Nested pins: trust the servers the binding already names, as `clevis luks regen` does.
-            bind_options.pin.trust_on_first_use = true;
-        }
+SecretBuffer existing_token_passphrase(const Volume& volume, int token_id, const PinOptions& options) {
+    const std::optional<Token> token = volume.token(token_id);
+    if (!token) throw NotFoundError("token " + std::to_string(token_id) + " does not exist in " + volume.path().string());
+    if (token->type == "clevis") {
+        const std::optional<int> slot = token_keyslot(*token);
+        if (!slot) throw FormatError("clevis token " + std::to_string(token_id) + " does not name exactly one keyslot");
+        Unlocked unlocked = unlock(volume, *slot, options);
+        if (unlocked.token != token_id)
+            throw AuthError("clevis token " + std::to_string(token_id) + " does not open its keyslot");
+        return std::move(unlocked.passphrase);
     }
-    RegenResult result;
-    result.old_keyslot = keyslot;
-    result.bound = clevis::bind(volume, pin, config, old.passphrase.view(), bind_options);
-    if (result.bound.verification != Verification::verified) {
-        roll_back(volume, result.bound.token, result.bound.keyslot);
-        throw TangError("regen: the new binding could not be verified; the old binding in keyslot " +
-                        std::to_string(keyslot) + " is kept (" + result.bound.message + ")");
+    if (token->type == "luks2-keyring") {
+        JsonPtr json = detail::json_parse(token->json, "luks2-keyring token");
+        const std::string description = detail::json_string_or(json.get(), "key_description");
+        if (description.empty()) throw FormatError("luks2-keyring token " + std::to_string(token_id) + " has no key_description");
+        return read_user_key(description);
     }
-    // Only now the old binding goes: the volume always had a working one.
-    unbind(volume, keyslot, true);
-    return result;
+    throw FormatError("token " + std::to_string(token_id) + " is of type '" + token->type.substr(0, 64) +
+                      "': only clevis and luks2-keyring tokens can supply the existing passphrase");
 }
 
 void activate(Volume& volume, std::string_view name, const SecretBuffer& passphrase, int keyslot) {
