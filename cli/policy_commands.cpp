@@ -19,14 +19,31 @@ namespace {
 
 struct CheckOptions {
     std::string file;
+    std::string metadata_size;  // empty: the policy's luks.metadata_size, else the 16 KiB default
     bool json = false;
 };
+
+std::string fit_word(const HeaderFit& fit) { return fit.fits() ? "fits" : "does not fit"; }
+
+std::string fit_json(const HeaderFit& fit) {
+    return "{\"fits\":" + std::string(fit.fits() ? "true" : "false") + ",\"needed_bytes\":" + std::to_string(fit.needed) +
+           ",\"available_bytes\":" + std::to_string(fit.available) + "}";
+}
 
 int run_check(const CheckOptions& options) {
     std::vector<PolicyProblem> problems;
     std::optional<Policy> policy;
     try {
         policy = Policy::load(options.file);
+        if (!options.metadata_size.empty()) {
+            // Checked as if the policy said so: a size seal or stamp does not fit is a problem on that line.
+            const std::uint64_t size = parse_size(options.metadata_size);
+            if (std::find(std::begin(Policy::metadata_sizes), std::end(Policy::metadata_sizes), size) ==
+                std::end(Policy::metadata_sizes))
+                throw CLI::ValidationError("--metadata-size", options.metadata_size +
+                                 " is not a LUKS2 metadata size (16K, 32K, ... 4M, powers of two)");
+            policy->metadata_bytes = size;
+        }
         problems = policy->check();
     } catch (const PolicySyntaxError& e) {
         problems.push_back(e.problem);
@@ -35,11 +52,13 @@ int run_check(const CheckOptions& options) {
     std::optional<Policy::Pin> pin;
     std::optional<TokenEstimate> estimate;
     std::uint64_t metadata_bytes = 0;
+    std::optional<Policy::PipelineFit> fit;  // at the size checked: given, the policy's, else the 16 KiB default
     if (problems.empty()) {
         pin = policy->pin();
         estimate = policy->estimate_token();
         metadata_bytes = policy->format_options().metadata_bytes;
         if (metadata_bytes == 0) metadata_bytes = Policy::metadata_sizes[0];
+        fit = policy->pipeline_fit(policy->metadata_bytes.value_or(Policy::metadata_sizes[0]));
     }
 
     if (options.json) {
@@ -60,7 +79,10 @@ int run_check(const CheckOptions& options) {
                    ",\"cipher\":" + json_quote(policy->cipher) + ",\"key_bits\":" + std::to_string(policy->key_bits) +
                    ",\"token_bytes\":" + std::to_string(estimate->token_bytes) +
                    ",\"token_size_measured\":" + (estimate->measured ? "true" : "false") +
-                   ",\"metadata_bytes\":" + std::to_string(metadata_bytes);
+                   ",\"metadata_bytes\":" + std::to_string(metadata_bytes) +
+                   ",\"fit\":{\"metadata_bytes\":" + std::to_string(fit->metadata_bytes) +
+                   ",\"seal\":" + fit_json(fit->seal) + ",\"stamp\":" + fit_json(fit->stamp) + ",\"max_servers\":" +
+                   (fit->max_servers ? std::to_string(*fit->max_servers) : std::string("null")) + "}";
         }
         out += "}";
         print_json(out);
@@ -69,6 +91,13 @@ int run_check(const CheckOptions& options) {
                     options.file.c_str(), pin->name.c_str(), policy->threshold, policy->servers.size(),
                     policy->servers.size() == 1 ? "" : "s", estimate->measured ? "" : "~", estimate->token_bytes,
                     static_cast<unsigned long long>(metadata_bytes >> 10));
+        // seal: of an image %post already bound with stock Clevis (the largest case); stamp: of a sealed base.
+        const std::string how = estimate->measured ? "" : "~";
+        std::printf("%s: with %llu KiB of LUKS2 metadata seal %s (%s%zu of %zu bytes of JSON), stamp %s (%s%zu of %zu)%s\n",
+                    options.file.c_str(), static_cast<unsigned long long>(fit->metadata_bytes >> 10),
+                    fit_word(fit->seal).c_str(), how.c_str(), fit->seal.needed, fit->seal.available,
+                    fit_word(fit->stamp).c_str(), how.c_str(), fit->stamp.needed, fit->stamp.available,
+                    fit->max_servers ? (", at most " + std::to_string(*fit->max_servers) + " such Tang servers fit").c_str() : "");
     } else {
         // The report on stdout, one problem a line; and, like every failing command, one error line on stderr
         // (here carrying the same problems, so either stream alone tells the whole story).
@@ -125,6 +154,10 @@ void register_policy_commands(CLI::App& app) {
         "check", "Check a policy file; print every problem as FILE:LINE: message (exit 0 when valid)");
     auto check_options = std::make_shared<CheckOptions>();
     check->add_option("FILE", check_options->file, "Policy file (TOML)")->required();
+    check->add_option("--metadata-size", check_options->metadata_size,
+                       "Check that seal and stamp fit LUKS2 metadata of this size (e.g. 16K: anaconda's and "
+                       "cryptsetup luksFormat's default); default: the policy's luks.metadata_size, else 16K")
+        ->check(size_validator());
     check->add_flag("--json", check_options->json, "Print the result as JSON on stdout");
     set_action(*check, [check_options] { return run_check(*check_options); });
 

@@ -50,6 +50,35 @@ struct TokenEstimate {
                                       // or online) to measure it; false for a per-server estimate
 };
 
+// --- room in the LUKS2 header for the image pipeline (lib/src/policy/header_fit.cpp, docs/policy.md) -------
+// seal and stamp hold one Clevis token at a time: a new binding replaces the one it succeeds in a single header
+// write, after it was verified. The peak is one token plus a few keyslots, a running re-encryption's
+// bookkeeping and seal's state record — so a 2-of-3 sss policy fits the 16 KiB metadata that anaconda and
+// `cryptsetup luksFormat` make by default.
+struct HeaderFit {
+    std::size_t needed = 0;     // peak LUKS2 JSON, on-disk bytes (an upper bound, measured sizes rounded up)
+    std::size_t available = 0;  // the JSON area: metadata size minus the 4 KiB binary header
+    bool fits() const noexcept { return needed <= available; }
+};
+
+// Peak of `seal` on an image whose kickstart %post already bound a token of `token_bytes` with stock
+// `clevis luks bind` and kept the build keyslot: the largest case (an image %post did not bind, or the
+// project's kickstarts, which remove the build keyslot, need less).
+HeaderFit seal_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes);
+// Peak of `stamp` on a sealed base whose binding is `token_bytes` long, binding a token of that size.
+HeaderFit stamp_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes);
+
+// What is still to happen to a real volume, for volume_header_fit().
+struct PipelineSteps {
+    std::size_t new_token_bytes = 0;       // the clevis token to bind (its JSON)
+    std::size_t replaced_token_bytes = 0;  // the clevis token it replaces in the same header write; 0 = added
+    unsigned rekeyed_keyslots = 0;         // keyslots a re-encryption still to run adds; 0 = no re-encryption
+    std::size_t dropped_token_bytes = 0;   // tokens (their JSON) that re-encryption drops with their keyslots
+    bool add_state_record = false;         // seal's state record is still to be written
+};
+// Peak of those steps on the volume's header as it is now.
+HeaderFit volume_header_fit(const Volume& volume, const PipelineSteps& steps);
+
 class Policy {
 public:
     // LUKS2 metadata sizes libcryptsetup accepts (binary header + JSON area), in bytes.
@@ -96,6 +125,17 @@ public:
     // one, else estimated per server. With `online`, the other servers' advertisements are fetched (with these
     // limits, trusted as the policy says) so the token is always measured exactly; TangError when that fails.
     TokenEstimate estimate_token(const std::optional<NetworkOptions>& online = std::nullopt) const;
+    // Whether seal and stamp fit LUKS2 metadata of `metadata_bytes` with this policy's token (seal_header_fit,
+    // stamp_header_fit); for sss, also the most servers of the same kind that would.
+    struct PipelineFit {
+        std::uint64_t metadata_bytes = 0;
+        TokenEstimate token;
+        HeaderFit seal, stamp;
+        std::optional<unsigned> max_servers;  // sss only: the most Tang servers for which both fit (estimated)
+        bool fits() const noexcept { return seal.fits() && stamp.fits(); }
+    };
+    PipelineFit pipeline_fit(std::uint64_t metadata_bytes,
+                             const std::optional<NetworkOptions>& online = std::nullopt) const;
     // Problems of an existing volume under this policy: cipher, key size, metadata smaller than required,
     // Clevis keyslots with a weaker PBKDF, and — when it has no Clevis binding yet — no room for one
     // (binding_fits with `online`).

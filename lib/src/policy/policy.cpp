@@ -2,6 +2,7 @@
 // `luksforge policy check` reports, and what a policy means for clevis_encrypt/bind and for format.
 #include <luksforge/policy.hpp>
 
+#include "policy/header_fit.hpp"
 #include "util/cryptsetup_util.hpp"
 #include "util/error_util.hpp"
 #include "util/json_util.hpp"
@@ -21,15 +22,13 @@
 
 namespace luksforge {
 using detail::bare_message;
+using detail::binary_header_bytes;
+using detail::fresh_header_json;
+using detail::keyslot_json;
+using detail::token_entry_overhead;
 
 namespace {
 
-// Sizes of LUKS2 JSON, measured with cryptsetup 2.6 (see docs/policy.md): a freshly formatted header with one
-// keyslot, one more keyslot, and a token's entry around its own JSON. Rounded up; the binary header is 4 KiB.
-constexpr std::size_t fresh_header_json = 800;
-constexpr std::size_t keyslot_json = 350;
-constexpr std::size_t token_entry_overhead = 64;
-constexpr std::size_t binary_header_bytes = 4096;
 // The Clevis passphrase a binding protects: 40 random bytes as base64url.
 constexpr std::size_t clevis_passphrase_bytes = 54;
 
@@ -303,19 +302,6 @@ struct Reader {
 };
 
 
-// Length of the primary header's JSON text as stored (it ends at the first NUL of the JSON area, which follows
-// the 4 KiB binary header); nullopt when the device cannot be read.
-std::optional<std::size_t> on_disk_json_length(const std::filesystem::path& device, std::uint64_t metadata_bytes) {
-    if (metadata_bytes <= binary_header_bytes) return std::nullopt;
-    std::ifstream in(device, std::ios::binary);
-    if (!in.seekg(static_cast<std::streamoff>(binary_header_bytes))) return std::nullopt;
-    std::string area(metadata_bytes - binary_header_bytes, '\0');
-    if (!in.read(area.data(), static_cast<std::streamsize>(area.size()))) return std::nullopt;
-    const std::size_t end = area.find('\0');
-    if (end == 0 || end == std::string::npos || area[0] != '{') return std::nullopt;
-    return end;
-}
-
 // The tang pin config Clevis takes for one server: {"url":..,"thp":..,"adv":FILE}.
 detail::JsonPtr tang_config(const PolicyTangServer& server) {
     detail::JsonPtr config = detail::json_take(json_object());
@@ -333,6 +319,8 @@ std::size_t estimated_tang_jwe(const PolicyTangServer& server) {
 
 // Compact JWE length → the clevis token's JSON length ({"type":"clevis","keyslots":["N"],"jwe":{...}}).
 std::size_t token_json_length(std::size_t compact_length) { return compact_length + 110; }
+
+std::string pipeline_fit_message(const Policy::PipelineFit& fit, std::size_t servers);
 
 }  // namespace
 
@@ -420,30 +408,17 @@ std::vector<PolicyProblem> Policy::check() const {
                                      "or set trust_on_first_use = true");
     }
 
-    // Does the binding fit the metadata? Only meaningful for a policy whose servers are otherwise sound.
+    // Do seal and stamp fit the metadata? Only meaningful for a policy whose servers are otherwise sound.
     if (n > 0 && threshold >= 1 && threshold <= n && !adv_unusable) {
         try {
-            const TokenEstimate estimate = estimate_token();
-            const std::string how = estimate.measured ? "" : "about ";
             if (metadata_bytes) {
-                if (estimate.required_json_bytes + binary_header_bytes > *metadata_bytes) {
-                    std::string fix;
-                    for (std::uint64_t size : metadata_sizes)
-                        if (estimate.required_json_bytes + binary_header_bytes <= size) {
-                            fix = "; use metadata_size = \"" + format_size(size) + "\" or fewer servers";
-                            break;
-                        }
-                    problem(metadata_line, "the clevis token for " + std::to_string(n) + " Tang server" +
-                                               (n == 1 ? "" : "s") + " needs " + how +
-                                               std::to_string(estimate.token_bytes) + " bytes; with the rest of the "
-                                               "header that is " + how + std::to_string(estimate.required_json_bytes) +
-                                               " bytes of LUKS2 JSON, but metadata_size = " +
-                                               format_size(*metadata_bytes) + " leaves " +
-                                               std::to_string(*metadata_bytes - binary_header_bytes) + fix);
-                }
-            } else if (estimate.required_json_bytes + binary_header_bytes > metadata_sizes[std::size(metadata_sizes) - 1]) {
-                problem(servers_line, "the clevis token for " + std::to_string(n) +
-                                          " Tang servers would not fit even the largest LUKS2 metadata (4MiB)");
+                const PipelineFit fit = pipeline_fit(*metadata_bytes);
+                if (!fit.fits()) problem(metadata_line, pipeline_fit_message(fit, n));
+            } else {
+                const PipelineFit largest = pipeline_fit(metadata_sizes[std::size(metadata_sizes) - 1]);
+                if (!largest.fits())
+                    problem(servers_line, "the clevis token for " + std::to_string(n) +
+                                              " Tang servers would not fit even the largest LUKS2 metadata (4MiB)");
             }
         } catch (const Error& e) {
             problem(metadata_line ? metadata_line : servers_line,
@@ -509,6 +484,48 @@ TokenEstimate Policy::estimate_token(const std::optional<NetworkOptions>& online
     return estimate;
 }
 
+Policy::PipelineFit Policy::pipeline_fit(std::uint64_t metadata_bytes, const std::optional<NetworkOptions>& online) const {
+    PipelineFit fit;
+    fit.metadata_bytes = metadata_bytes;
+    fit.token = estimate_token(online);
+    fit.seal = seal_header_fit(metadata_bytes, fit.token.token_bytes);
+    fit.stamp = stamp_header_fit(metadata_bytes, fit.token.token_bytes);
+    if (servers.size() >= 2 || threshold > 1) {
+        // sss: the token grows by about the same amount per server (each child JWE is one server's); estimate the
+        // most servers of this kind that fit from this policy's own per-server share.
+        const std::size_t n = servers.size();
+        const std::size_t fixed = token_json_length(b64_length(100) + 2 + b64_length(12) + 1 +
+                                                    b64_length(clevis_passphrase_bytes) + 1 + b64_length(16));
+        const std::size_t per_server = fit.token.token_bytes > fixed ? (fit.token.token_bytes - fixed + n - 1) / n : 0;
+        unsigned most = 0;
+        for (unsigned k = 1; per_server > 0 && k <= 256; ++k) {
+            const std::size_t token = fixed + k * per_server;
+            if (!seal_header_fit(metadata_bytes, token).fits() || !stamp_header_fit(metadata_bytes, token).fits()) break;
+            most = k;
+        }
+        fit.max_servers = most;
+    }
+    return fit;
+}
+
+namespace {
+std::string pipeline_fit_message(const Policy::PipelineFit& fit, std::size_t servers) {
+    const std::string how = fit.token.measured ? "" : "about ";
+    std::string message = "the clevis token for " + std::to_string(servers) + " Tang server" +
+                          (servers == 1 ? "" : "s") + " is " + how + std::to_string(fit.token.token_bytes) +
+                          " bytes: seal needs " + how + std::to_string(fit.seal.needed) + " and stamp " + how +
+                          std::to_string(fit.stamp.needed) + " bytes of LUKS2 JSON, but metadata_size = " +
+                          format_size(fit.metadata_bytes) + " leaves " + std::to_string(fit.seal.available);
+    if (fit.max_servers) message += "; at most " + std::to_string(*fit.max_servers) + " such servers fit";
+    for (std::uint64_t size : Policy::metadata_sizes)
+        if (seal_header_fit(size, fit.token.token_bytes).fits() && stamp_header_fit(size, fit.token.token_bytes).fits()) {
+            message += "; or use metadata_size = \"" + format_size(size) + "\" (`luksforge format --policy`)";
+            break;
+        }
+    return message;
+}
+}  // namespace
+
 FormatOptions Policy::format_options() const {
     FormatOptions options;
     const std::size_t dash = cipher.find('-');
@@ -518,9 +535,9 @@ FormatOptions Policy::format_options() const {
     if (metadata_bytes) {
         options.metadata_bytes = *metadata_bytes;
     } else if (!servers.empty()) {
-        const std::size_t required = estimate_token().required_json_bytes + binary_header_bytes;
+        const TokenEstimate token = estimate_token();
         for (std::uint64_t size : metadata_sizes)
-            if (required <= size) {
+            if (seal_header_fit(size, token.token_bytes).fits() && stamp_header_fit(size, token.token_bytes).fits()) {
                 // 16 KiB is libcryptsetup's default: leave it implicit so the keyslots area default applies.
                 options.metadata_bytes = size == metadata_sizes[0] ? 0 : size;
                 break;
@@ -532,22 +549,12 @@ FormatOptions Policy::format_options() const {
 
 std::optional<PolicyProblem> Policy::binding_fits(const Volume& volume,
                                                   const std::optional<NetworkOptions>& online) const {
-    std::size_t current_json = 0;
-    std::uint64_t metadata = 0, keyslots_area = 0;
-    {
-        auto guard = detail::cryptsetup_guard();
-        crypt_device* cd = volume.native_handle();
-        detail::check_crypt(crypt_get_metadata_size(cd, &metadata, &keyslots_area),
-                            "cannot read the LUKS2 metadata size of " + volume.path().string());
-        // crypt_dump_json() re-serialises with spacing; the compact on-disk text (read below) is what must fit.
-        const char* json = nullptr;
-        detail::check_crypt(crypt_dump_json(cd, &json, 0), "cannot read the LUKS2 metadata of " + volume.path().string());
-        current_json = std::char_traits<char>::length(json);
-    }
-    if (const auto on_disk = on_disk_json_length(volume.path(), metadata)) current_json = *on_disk;
+    const detail::HeaderUse use = detail::header_use(volume);
+    const std::size_t current_json = use.json_bytes;
+    const std::uint64_t metadata = use.metadata_bytes;
     const TokenEstimate estimate = estimate_token(online);
     const std::size_t required = current_json + keyslot_json + token_entry_overhead + estimate.token_bytes;
-    const std::size_t available = metadata > binary_header_bytes ? metadata - binary_header_bytes : 0;
+    const std::size_t available = use.available();
     if (required <= available) return std::nullopt;
     const std::string how = estimate.measured ? "" : "about ";
     return PolicyProblem{volume.path().string(), 0,
