@@ -18,5 +18,6 @@ void register_luks_commands(CLI::App& app);
 void register_clevis_commands(CLI::App& app);
 void register_policy_commands(CLI::App& app);
 void register_image_commands(CLI::App& app);
+void register_kickstart_commands(CLI::App& app);
 
 }  // namespace luksforge::cli

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     register_clevis_commands(app);
     register_image_commands(app);
     register_policy_commands(app);
+    register_kickstart_commands(app);
 
     try {
         app.parse(argc, argv);

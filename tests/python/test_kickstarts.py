@@ -1,40 +1,201 @@
-"""The kickstarts: LUKS2 encryption, network in the initramfs, and a %post that really binds with luksforge,
-verifies through Tang and removes the build passphrase — run here against a LUKS2 image made with the
-kickstart's own build passphrase (dracut and grubby, which only exist in the installed system, are recorded)."""
+"""The kickstart templates and `luksforge kickstart`: no secret committed, a fresh random build passphrase per
+render (0600, never in argv), livemedia-creator's and anaconda's checks (kickstart_rules.py: lorax 28/34/40/46,
+RHEL 8/9/10), and a %post that really binds — with stock Clevis only, or with luksforge when the image has it —
+against the advertisements the runtime template verified, 2 of 3 Tang servers, on a LUKS2 volume with
+`cryptsetup luksFormat`'s default 16 KiB metadata; verifies through Tang and removes the build passphrase
+(dracut and grubby, which only exist in the installed system, are recorded)."""
 
 import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import luksforge
-from conftest import SOURCE_DIR, cryptsetup_accepts, run
+from conftest import SOURCE_DIR, cryptsetup_accepts, luks_dump, run, start_tang
+from kickstart_rules import (LORAX_VERSIONS, RHEL_VERSIONS, Kickstart, anaconda_errors, lmc_errors, passphrases,
+                             usage_commands)
 from lorax_harness import Runner
 
-KICKSTARTS = sorted((SOURCE_DIR / "lorax-templates/kickstarts").glob("*.ks"))
+TEMPLATES = SOURCE_DIR / "lorax-templates/kickstarts"
+KINDS = ("lmc-make-disk", "virt-install")
 POST = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
+CLI = os.environ.get("LUKSFORGE_CLI", "luksforge")
 
 
-def test_both_kickstarts_exist():
-    assert {p.name for p in KICKSTARTS} == {"lmc-make-disk.ks", "virt-install.ks"}
+@pytest.fixture(scope="module")
+def tangs(tmp_path_factory):
+    servers = [start_tang(tmp_path_factory.mktemp(f"tang{i}") / "db") for i in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
 
 
-@pytest.mark.parametrize("kickstart", KICKSTARTS, ids=lambda p: p.name)
-def test_kickstart_is_nbde_ready(kickstart):
-    text = kickstart.read_text()
-    luksforge.lorax.check_kickstart(text, kickstart.name)
-    part = [line for line in text.splitlines() if line.startswith("part / ")][0].split()
-    assert "--encrypted" in part and "--luks-version=luks2" in part
-    assert re.search(r"^bootloader .*rd\.neednet=1", text, re.M)
-    packages = re.search(r"^%packages\n(.*?)^%end", text, re.M | re.S).group(1).split()
-    assert {"clevis-dracut", "luksforge"} <= set(packages)
-    # The %post's build passphrase is the part line's, and it never goes into argv (printf is a builtin).
-    passphrase = next(w.split("=", 1)[1] for w in part if w.startswith("--passphrase="))
-    assert f"printf '%s' '{passphrase}' >" in text
+def write_policy(path: Path, servers, threshold=2) -> Path:
+    text = f"threshold = {threshold}\n"
+    for s in servers:
+        text += f'\n[[tang]]\nurl = "{s.url}"\nthp = "{s.thp}"\n'
+    path.write_text(text)
+    return path
 
+
+@pytest.fixture
+def policy(tangs, tmp_path):
+    return write_policy(tmp_path / "policy.toml", tangs)
+
+
+def render(policy, out, kind="lmc-make-disk", *extra, check=True):
+    args = [CLI, "kickstart", "--kind", kind, "--policy", policy, "--out", out, *extra]
+    if not any(a in ("--url", "--include") for a in map(str, extra)):
+        args += ["--url", "http://127.0.0.1:1/os/", "--repo", "AppStream=http://127.0.0.1:1/appstream/"]
+    return run(*args, check=check)
+
+
+# --- the committed templates -------------------------------------------------------------------------------------
+
+def test_both_templates_exist():
+    assert {p.name for p in TEMPLATES.glob("*.ks")} == {f"{kind}.ks" for kind in KINDS}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_template_commits_no_secret_and_refuses_use_as_is(kind):
+    text = (TEMPLATES / f"{kind}.ks").read_text()
+    ks = Kickstart(text)
+    assert passphrases(ks) == ["@LUKSFORGE_BUILD_PASSPHRASE@"]
+    assert "luksforge-build-only" not in text
+    # Used as it is, it would install with a public passphrase: the arch template's check refuses it.
+    with pytest.raises(luksforge.lorax.TemplateVarError, match="unrendered"):
+        luksforge.lorax.check_kickstart(text, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_template_needs_only_rhel_packages(kind):
+    ks = Kickstart((TEMPLATES / f"{kind}.ks").read_text())
+    assert set(ks.packages()) == {"@core", "clevis-dracut", "clevis-luks", "cryptsetup"}
+
+
+def test_usage_comments_name_only_real_options():
+    """Every option the lmc kickstart's usage comment passes to lmc-postbuild.py, that script has."""
+    helptext = run(sys.executable, SOURCE_DIR / "lorax-templates/lmc-postbuild.py", "--help").stdout.decode()
+    known = set(re.findall(r"(--[a-z][a-z0-9-]*)", helptext))
+    lines = usage_commands((TEMPLATES / "lmc-make-disk.ks").read_text(), "lmc-postbuild.py")
+    assert lines
+    for line in lines:
+        used = set(re.findall(r"\s(--[a-z][a-z0-9-]*)", line))
+        assert used and used <= known, f"{line}: {used - known} not options of lmc-postbuild.py"
+    # `luksforge kickstart` as the comments show it.
+    kickstart_help = run(CLI, "kickstart", "--help").stdout.decode()
+    for kind in KINDS:
+        for line in usage_commands((TEMPLATES / f"{kind}.ks").read_text(), "luksforge kickstart"):
+            for used in re.findall(r"\s(--[a-z][a-z0-9-]*)", line):
+                assert used in kickstart_help, f"{kind}: {used}"
+
+
+# --- rendering ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_render_makes_a_fresh_private_kickstart(kind, policy, tmp_path):
+    first, second = tmp_path / "a.ks", tmp_path / "b.ks"
+    result = render(policy, first, kind)
+    render(policy, second, kind)
+    assert stat.S_IMODE(first.stat().st_mode) == 0o600 and stat.S_IMODE(second.stat().st_mode) == 0o600
+    (one,), (two,) = passphrases(Kickstart(first.read_text())), passphrases(Kickstart(second.read_text()))
+    assert one != two and len(one) == 43 and re.fullmatch(r"[A-Za-z0-9_-]{43}", one)
+    assert one.encode() not in result.stdout + result.stderr
+    text = first.read_text()
+    assert "@LUKSFORGE" not in text and text.count(one) == 2  # the part line and the %post that removes it
+    assert f"printf '%s' '{one}' >" in text
+    luksforge.lorax.check_kickstart(text, kind)
+    # Never replaced by accident; --force does.
+    again = render(policy, first, kind, check=False)
+    assert again.returncode != 0 and first.read_text() == text
+    render(policy, first, kind, "--force", "--url", "http://127.0.0.1:1/os/")
+    assert first.read_text() != text
+
+
+def test_render_installation_source_as_url_repo_or_include(policy, tmp_path):
+    out = tmp_path / "ks.cfg"
+    render(policy, out, "lmc-make-disk", "--url", "http://127.0.0.1:1/os/", "--repo", "AppStream=http://127.0.0.1:1/as/")
+    ks = Kickstart(out.read_text())
+    assert ks.last("url")[2] == ["--url=http://127.0.0.1:1/os/"]
+    assert ks.last("repo")[2] == ["--name=AppStream", "--baseurl=http://127.0.0.1:1/as/"]
+    source = tmp_path / "source.ks"
+    source.write_text("url --url=http://127.0.0.1:1/os/\n")
+    included = tmp_path / "included.cfg"
+    render(policy, included, "lmc-make-disk", "--include", source)
+    assert f"%include {source}\n" in included.read_text()
+    assert Kickstart(included.read_text()).method()[1] == "url"  # read through the %include, as lmc does
+    for bad in (["--url", "http://x/ y"], ["--url", "gopher://x/"], ["--include", source, "--repo", "a=http://x/"],
+                ["--url", "http://x/", "--repo", "no-equals"], []):
+        args = bad or ["--include", ""]
+        result = run(CLI, "kickstart", "--policy", policy, "--out", tmp_path / "bad.ks", *args, check=False)
+        assert result.returncode != 0 and not (tmp_path / "bad.ks").exists(), bad
+
+
+def test_render_refuses_a_policy_that_does_not_fit_anacondas_header(tmp_path):
+    servers = [start_tang(tmp_path / f"t{i}") for i in range(5)]
+    try:
+        policy = write_policy(tmp_path / "five.toml", servers, threshold=3)
+        result = render(policy, tmp_path / "ks.cfg", check=False)
+        assert result.returncode != 0 and not (tmp_path / "ks.cfg").exists()
+        assert "16 KiB" in result.stderr.decode() and "at most 4" in result.stderr.decode()
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_render_refuses_trust_on_first_use(tang, tmp_path):
+    policy = tmp_path / "tofu.toml"
+    policy.write_text(f'trust_on_first_use = true\n[[tang]]\nurl = "{tang.url}"\n')
+    result = render(policy, tmp_path / "ks.cfg", check=False)
+    assert result.returncode != 0 and "trust_on_first_use" in result.stderr.decode()
+
+
+# --- livemedia-creator's and anaconda's checks -------------------------------------------------------------------
+
+@pytest.mark.parametrize("lorax", LORAX_VERSIONS)
+def test_lmc_kickstart_passes_livemedia_creators_check(lorax, policy, tmp_path):
+    for extra in (["--url", "http://127.0.0.1:1/os/", "--repo", "AppStream=http://127.0.0.1:1/as/"],
+                  ["--include", str(tmp_path / "source.ks")]):
+        (tmp_path / "source.ks").write_text("url --url=http://127.0.0.1:1/os/\n")
+        out = tmp_path / "ks.cfg"
+        render(policy, out, "lmc-make-disk", "--force", *extra)
+        ks = Kickstart(out.read_text())
+        assert lmc_errors(ks, lorax) == []                # --make-disk in a VM
+        assert lmc_errors(ks, lorax, no_virt=True) == []  # --make-disk --no-virt
+
+
+@pytest.mark.parametrize("version", RHEL_VERSIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_kickstarts_pass_anacondas_checks(kind, version, policy, tmp_path):
+    out = tmp_path / "ks.cfg"
+    render(policy, out, kind)
+    assert anaconda_errors(Kickstart(out.read_text()), version) == []
+    assert anaconda_errors(Kickstart((TEMPLATES / f"{kind}.ks").read_text()), version) == []
+
+
+def test_the_checks_can_fail():
+    """What livemedia-creator refused in the old kickstart (text) and the rest of check_kickstart's rules."""
+    base = "network --bootproto=dhcp\nurl --url=http://x/\npart / --size=4096\nshutdown\n%packages\n@core\n%end\n"
+    assert lmc_errors(Kickstart(base), 46) == []
+    assert "display mode" in lmc_errors(Kickstart("text\n" + base), 28)[0]
+    assert "shutdown" in lmc_errors(Kickstart(base.replace("shutdown", "reboot")), 40)[0]
+    assert lmc_errors(Kickstart(base.replace("shutdown", "poweroff")), 40) == []
+    assert "networking" in lmc_errors(Kickstart(base.replace("network --bootproto=dhcp\n", "")), 34)[0]
+    no_url = base.replace("url --url=http://x/\n", "")
+    assert "install methods" in lmc_errors(Kickstart(no_url), 46, no_virt=True)[0]
+    assert "repo" in lmc_errors(Kickstart(no_url + "repo --name=a --baseurl=http://x/\n"), 28)[0]
+    assert "single /" in lmc_errors(Kickstart(base + "part /boot --size=1\n"), 46, make_fsimage=True)[0]
+    assert anaconda_errors(Kickstart(base + "timezone UTC --isUtc\n"), "RHEL10")
+    assert not anaconda_errors(Kickstart(base + "timezone UTC --isUtc\n"), "RHEL9")
+    assert anaconda_errors(Kickstart(base + "bogus\n"), "RHEL9")
+    assert anaconda_errors(Kickstart(base.replace("--size=4096", "--size=4096 --encrypted")), "RHEL8")
+
+
+# --- %post against a real volume, real Tang servers and the runtime template's advertisements -------------------
 
 def fake_tool(directory: Path, name: str):
     """A stand-in for a tool of the installed system: records its arguments."""
@@ -43,75 +204,92 @@ def fake_tool(directory: Path, name: str):
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("kickstart", KICKSTARTS, ids=lambda p: p.name)
-def test_post_binds_verifies_and_removes_the_build_passphrase(kickstart, tang, tmp_path):
-    text = kickstart.read_text()
-    passphrase = re.search(r"--passphrase=(\S+)", text).group(1).encode()
+def post_sections(text):
     sections = list(POST.finditer(text))
+    assert all("--erroronfail" in m.group("args") for m in sections)
     nochroot = [m.group("body") for m in sections if "--nochroot" in m.group("args")]
     chroot = [m.group("body") for m in sections if "--nochroot" not in m.group("args")]
     assert len(nochroot) == 1 and len(chroot) == 1
-    assert all("--erroronfail" in m.group("args") for m in sections)
+    return nochroot[0], chroot[0]
 
-    # The installer runtime as luksforge-runtime.tmpl leaves it.
+
+def installer(tmp_path, tangs, kind, policy):
+    """The runtime as luksforge-runtime.tmpl leaves it, the rendered kickstart, the installed system's tree and
+    its disk as anaconda formats it from the part line (cryptsetup defaults: 16 KiB of LUKS2 metadata)."""
     runtime = tmp_path / "runtime"
     (runtime / "tmp").mkdir(parents=True)
     Runner(runtime, runtime).run(SOURCE_DIR / "lorax-templates/luksforge-runtime.tmpl", root=str(runtime),
-                                 luksforge_tang=tang.url, luksforge_thp=tang.thp)
+                                 luksforge_tang=",".join(s.url for s in tangs),
+                                 luksforge_thp=",".join(s.thp for s in tangs), luksforge_threshold="2")
+    ks_path = tmp_path / "ks.cfg"
+    render(policy, ks_path, kind)
+    text = ks_path.read_text()
+    (passphrase,) = passphrases(Kickstart(text))
     sysroot = tmp_path / "sysroot"
-    sysroot.mkdir()
-    env = {**os.environ, "ANA_INSTALL_PATH": str(sysroot), "LUKSFORGE_RUNTIME_DIR": str(runtime / "usr/share/luksforge")}
-    subprocess.run(["bash", "-c", nochroot[0]], env=env, check=True)
-    assert (sysroot / "etc/luksforge/policy.toml").exists()
-
-    # The installed disk, as anaconda formats it from the part line.
+    (sysroot / "root").mkdir(parents=True)
+    (sysroot / "root/original-ks.cfg").write_text(text)  # anaconda's copy of the kickstart
     disk = tmp_path / "root.img"
     with open(disk, "wb") as f:
         f.truncate(32 << 20)
-    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
-        "--pbkdf-force-iterations", "1000", "--key-file", "-", disk, input=passphrase)
+    part = next(c for c in Kickstart(text).commands if c[1] == "part" and c[2][0] == "/")[2]
+    pbkdf = [w.split("=", 1)[1] for w in part if w.startswith("--pbkdf=")][0]
+    iterations = [w.split("=", 1)[1] for w in part if w.startswith("--pbkdf-iterations=")][0]
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", pbkdf, "--pbkdf-force-iterations",
+        iterations, "--key-file", "-", disk, input=passphrase.encode())
+    assert luksforge.Volume.open(disk, read_only=True).inspect().metadata_bytes == 16 << 10
     tools = tmp_path / "installed-system-tools"
     tools.mkdir()
     for name in ("grubby", "dracut"):
         fake_tool(tools, name)
-    cli_dir = Path(os.environ["LUKSFORGE_CLI"]).parent
-    env = {**os.environ, "PATH": f"{tools}:{cli_dir}:{os.environ['PATH']}", "LUKSFORGE_DEVICES": str(disk),
-           "LUKSFORGE_POLICY": str(sysroot / "etc/luksforge/policy.toml")}
-    result = subprocess.run(["bash", "-c", chroot[0]], env=env, capture_output=True, text=True)
+    return runtime, text, passphrase.encode(), sysroot, disk, tools
+
+
+def run_post(text, runtime, sysroot, disk, tools, with_luksforge):
+    nochroot, chroot = post_sections(text)
+    env = {**os.environ, "ANA_INSTALL_PATH": str(sysroot), "LUKSFORGE_RUNTIME_DIR": str(runtime / "usr/share/luksforge")}
+    subprocess.run(["bash", "-c", nochroot], env=env, check=True)
+    path = f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin"
+    if with_luksforge:
+        path = f"{tools}:{Path(CLI).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+    env = {**os.environ, "PATH": path, "LUKSFORGE_DEVICES": str(disk), "LUKSFORGE_SYSROOT": str(sysroot),
+           "LUKSFORGE_CONF_DIR": str(sysroot / "etc/luksforge")}
+    return subprocess.run(["bash", "-c", chroot], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("with_luksforge", [False, True], ids=["stock-clevis", "luksforge-in-image"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_post_binds_verifies_and_removes_the_build_passphrase(kind, with_luksforge, tangs, policy, tmp_path):
+    runtime, text, passphrase, sysroot, disk, tools = installer(tmp_path, tangs, kind, policy)
+    if not with_luksforge:
+        check = subprocess.run(["bash", "-c", "command -v luksforge"], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        assert check.returncode != 0, "luksforge must not be on the stock-Clevis path"
+    result = run_post(text, runtime, sysroot, disk, tools, with_luksforge)
     assert result.returncode == 0, result.stderr
+    assert (sysroot / "etc/luksforge/clevis-config.json").exists()
 
     assert not cryptsetup_accepts(disk, passphrase, 0), "the build passphrase must be gone"
-    slots = luksforge.Volume.open(disk, read_only=True).keyslots()
-    assert len(slots) == 1
-    clevis_pass = run("clevis", "luks", "pass", "-d", disk, "-s", slots[0].id).stdout
-    assert cryptsetup_accepts(disk, clevis_pass, slots[0].id)
+    dump = luks_dump(disk)
+    assert list(dump["keyslots"]) != ["0"] and len(dump["keyslots"]) == 1
+    (slot,) = [int(s) for s in dump["keyslots"]]
+    (token,) = dump["tokens"].values()
+    assert token["type"] == "clevis" and token["keyslots"] == [str(slot)]
+    listed = run("clevis", "luks", "list", "-d", disk).stdout.decode()
+    assert listed.startswith(f"{slot}: sss") and '"t":2' in listed
+    clevis_pass = run("clevis", "luks", "pass", "-d", disk, "-s", slot).stdout
+    assert cryptsetup_accepts(disk, clevis_pass, slot)
     calls = (tools / "calls").read_text().splitlines()
     assert calls == [f"{tools}/grubby --update-kernel=ALL --args=rd.neednet=1", f"{tools}/dracut -f --regenerate-all"]
+    assert not (sysroot / "root/original-ks.cfg").exists(), "anaconda's copy of the kickstart holds the passphrase"
     assert not list(Path("/run").glob("luksforge-build.*")), "the build key file must be removed"
 
 
-def test_post_fails_and_keeps_the_build_passphrase_when_tang_is_down(fresh_tang, tmp_path):
-    kickstart = KICKSTARTS[0]
-    text = kickstart.read_text()
-    passphrase = re.search(r"--passphrase=(\S+)", text).group(1).encode()
-    chroot = [m.group("body") for m in POST.finditer(text) if "--nochroot" not in m.group("args")][0]
-    runtime = tmp_path / "runtime"
-    (runtime / "tmp").mkdir(parents=True)
-    Runner(runtime, runtime).run(SOURCE_DIR / "lorax-templates/luksforge-runtime.tmpl", root=str(runtime),
-                                 luksforge_tang=fresh_tang.url, luksforge_thp=fresh_tang.thp)
-    fresh_tang.stop()
-    disk = tmp_path / "root.img"
-    with open(disk, "wb") as f:
-        f.truncate(32 << 20)
-    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
-        "--pbkdf-force-iterations", "1000", "--key-file", "-", disk, input=passphrase)
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for name in ("grubby", "dracut"):
-        fake_tool(tools, name)
-    env = {**os.environ, "PATH": f"{tools}:{Path(os.environ['LUKSFORGE_CLI']).parent}:{os.environ['PATH']}",
-           "LUKSFORGE_DEVICES": str(disk), "LUKSFORGE_POLICY": str(runtime / "usr/share/luksforge/policy.toml")}
-    result = subprocess.run(["bash", "-c", chroot], env=env, capture_output=True, text=True)
+def test_post_fails_and_keeps_the_build_passphrase_when_tang_is_down(tmp_path, tangs):
+    servers = [start_tang(tmp_path / f"t{i}") for i in range(3)]
+    policy = write_policy(tmp_path / "policy.toml", servers)
+    runtime, text, passphrase, sysroot, disk, tools = installer(tmp_path, servers, "virt-install", policy)
+    for s in servers:
+        s.stop()
+    result = run_post(text, runtime, sysroot, disk, tools, with_luksforge=False)
     assert result.returncode != 0
-    assert cryptsetup_accepts(disk, passphrase, 0), "the build passphrase must survive a failed binding"
+    assert cryptsetup_accepts(disk, passphrase, 0), "the build passphrase must survive an unverified binding"
     assert not (tools / "calls").exists()

@@ -3,6 +3,7 @@ template verifies advertisements at render time and leaves a policy an install b
 the arch template puts a checked kickstart onto boot.iso's graft directory."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,6 +27,16 @@ def runtime_root(tmp_path):
     return root
 
 
+def rendered_kickstart(template: Path, tang, tmp_path) -> Path:
+    """The template rendered by `luksforge kickstart` (fresh build passphrase), as it goes onto boot.iso."""
+    policy = tmp_path / "render-policy.toml"
+    policy.write_text(f'[[tang]]\nurl = "{tang.url}"\nthp = "{tang.thp}"\n')
+    out = tmp_path / f"rendered-{template.name}"
+    run(os.environ.get("LUKSFORGE_CLI", "luksforge"), "kickstart", "--kind", template.stem, "--policy", policy,
+        "--url", "http://127.0.0.1:1/os/", "--out", out)
+    return out
+
+
 def run_runtime(root, **variables):
     runner = Runner(root, root)
     runner.run(RUNTIME, root=str(root), **variables)
@@ -41,7 +52,11 @@ def test_harness_expands_braces_like_lorax():
 def test_runtime_template_verifies_tang_and_writes_policy(tang, runtime_root, tmp_path):
     runner = run_runtime(runtime_root, luksforge_tang=tang.url, luksforge_thp=tang.thp)
     share = runtime_root / "usr/share/luksforge"
-    assert sorted(p.name for p in share.iterdir()) == ["policy.toml", "tang-1.jws", "verified.json"]
+    assert sorted(p.name for p in share.iterdir()) == ["clevis-config.json", "clevis-pin", "policy.toml", "tang-1.jws",
+                                                       "verified.json"]
+    # The same binding for stock clevis, the advertisement named relative to the directory %post runs in.
+    assert (share / "clevis-pin").read_text() == "tang\n"
+    assert json.loads((share / "clevis-config.json").read_text()) == {"url": tang.url, "adv": "tang-1.jws", "thp": tang.thp}
     assert not list((runtime_root / "tmp").iterdir()), "the staging directory must be removed"
     assert (share / "policy.toml").stat().st_mode & 0o777 == 0o644
     assert any("1 Tang advertisement(s) verified" in m for m in runner.log)
@@ -143,33 +158,52 @@ def test_arch_template_grafts_the_kickstart_and_runtime_policy(kickstart, tang, 
     outroot = tmp_path / "out"
     outroot.mkdir()
     run_runtime(inroot, luksforge_tang=tang.url, luksforge_thp=tang.thp)
+    kickstart = rendered_kickstart(kickstart, tang, tmp_path)
     runner = Runner(inroot, outroot)
     runner.run(ARCH, workdir=str(workdir), inroot=str(inroot), outroot=str(outroot), isolabel="Test-Label",
                luksforge_kickstart=str(kickstart))
     graft = workdir / "iso-graft"
     assert (graft / "luksforge.ks").read_text() == kickstart.read_text()
     assert (graft / "luksforge/policy.toml").read_bytes() == (inroot / "usr/share/luksforge/policy.toml").read_bytes()
+    assert (graft / "luksforge/clevis-config.json").exists() and (graft / "luksforge/clevis-pin").read_text() == "tang\n"
     assert all(c[0] in {"log", "runcmd"} for c in runner.commands)
 
 
-def test_arch_template_without_runtime_policy_grafts_only_the_kickstart(tmp_path):
+def test_arch_template_without_runtime_policy_grafts_only_the_kickstart(tang, tmp_path):
     workdir = tmp_path / "work"
     (workdir / "installroot").mkdir(parents=True)
     runner = Runner(workdir / "installroot", tmp_path)
-    runner.run(ARCH, workdir=str(workdir), inroot=str(workdir / "installroot"), luksforge_kickstart=str(KICKSTARTS[0]),
+    runner.run(ARCH, workdir=str(workdir), inroot=str(workdir / "installroot"),
+               luksforge_kickstart=str(rendered_kickstart(KICKSTARTS[0], tang, tmp_path)),
                luksforge_kickstart_name="ks.cfg")
     assert sorted(p.name for p in (workdir / "iso-graft").iterdir()) == ["ks.cfg"]
 
 
 def test_arch_template_refuses_a_kickstart_that_is_not_nbde_ready(tmp_path):
     bad = tmp_path / "plain.ks"
-    bad.write_text("part / --fstype=xfs --size=4096 --encrypted --passphrase=x\n%post\necho hi\n%end\n")
+    bad.write_text("part / --fstype=xfs --size=4096 --encrypted --passphrase=xxxxxxxx\n%post\necho hi\n%end\n")
     with pytest.raises(luksforge.lorax.TemplateVarError) as info:
         parse(ARCH, workdir=str(tmp_path), inroot=str(tmp_path), luksforge_kickstart=str(bad),
               exists=lambda p: False)
     message = str(info.value)
-    for problem in ("luks2", "luksforge bind", "unlock", "rd.neednet=1", "dracut"):
+    for problem in ("luks2", "clevis luks bind", "luksforge bind", "clevis luks pass", "unlock", "removes the build",
+                    "rd.neednet=1", "dracut", "8 characters"):
         assert problem in message
     assert not (tmp_path / "iso-graft").exists()
     with pytest.raises(luksforge.lorax.TemplateVarError, match="luksforge_kickstart"):
         parse(ARCH, workdir=str(tmp_path), inroot=str(tmp_path), exists=lambda p: False)
+
+
+@pytest.mark.parametrize("kickstart", KICKSTARTS, ids=lambda p: p.name)
+def test_arch_template_refuses_a_kickstart_with_a_known_passphrase(kickstart, tang, tmp_path):
+    """The committed template (its marker), the fixed passphrase of earlier kickstarts: never onto boot.iso."""
+    rendered = rendered_kickstart(kickstart, tang, tmp_path).read_text()
+    passphrase = [w for w in rendered.split() if w.startswith("--passphrase=")][0].split("=", 1)[1]
+    for known, error in ((kickstart.read_text(), "unrendered"),
+                         (rendered.replace(passphrase, "luksforge-build-only-2f1c"), "known build passphrase")):
+        bad = tmp_path / "known.ks"
+        bad.write_text(known)
+        with pytest.raises(luksforge.lorax.TemplateVarError, match=error):
+            parse(ARCH, workdir=str(tmp_path), inroot=str(tmp_path), luksforge_kickstart=str(bad),
+                  exists=lambda p: False)
+        assert not (tmp_path / "iso-graft").exists()

@@ -128,6 +128,20 @@ def _write_policy(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _clevis_binding(document: dict):
+    """Clevis's pin name and config for the staged policy: tang for one server, else sss t-of-n over tang."""
+    servers = []
+    for entry in document["tang"]:
+        server = {"url": entry["url"], "adv": entry["adv"]}
+        if entry.get("thp"):
+            server["thp"] = entry["thp"]  # clevis also checks that the offline advertisement is signed by it
+        servers.append(server)
+    threshold = int(document.get("threshold", 1))
+    if len(servers) == 1 and threshold == 1:
+        return "tang", servers[0]
+    return "sss", {"t": threshold, "pins": {"tang": servers}}
+
+
 def prepare_runtime(root: str, *, policy: str = "", tang: str = "", thp: str = "", threshold: str = "",
                     timeout_ms: str = "10000", dest_dir: str = RUNTIME_DIR) -> RuntimePlan:
     """Validate the template variables, fetch and verify every advertisement, and stage the runtime files.
@@ -209,6 +223,14 @@ def prepare_runtime(root: str, *, policy: str = "", tang: str = "", thp: str = "
                          "sha256": hashlib.sha256(raw).hexdigest()})
         plan.files.append(StagedFile(f"{plan.staging}/{name}", f"{dest_dir}/{name}"))
 
+    # The same binding for stock `clevis luks bind` (the installed system needs no luksforge): pin and config,
+    # naming each advertisement file relative to the directory %post runs clevis in.
+    clevis_pin, clevis_config = _clevis_binding(document)
+    (staging / "clevis-pin").write_text(clevis_pin + "\n")
+    (staging / "clevis-config.json").write_text(json.dumps(clevis_config, separators=(",", ":")) + "\n")
+    plan.files.append(StagedFile(f"{plan.staging}/clevis-pin", f"{dest_dir}/clevis-pin"))
+    plan.files.append(StagedFile(f"{plan.staging}/clevis-config.json", f"{dest_dir}/clevis-config.json"))
+
     policy_text = _write_policy(document)
     (staging / "policy.toml").write_text(policy_text)
     runtime_policy = _lf.Policy.parse(policy_text, source=f"{dest_dir}/policy.toml", base_dir=staging)
@@ -234,9 +256,28 @@ def _check_template_word(word: str) -> None:
 
 _POST_SECTION = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
 
+#: Build passphrases that are public: the marker of an unrendered template (lorax-templates/kickstarts/) and the
+#: fixed passphrase earlier kickstarts carried. A kickstart holding one of them must never reach boot.iso.
+KNOWN_BUILD_PASSPHRASES = ("@LUKSFORGE_BUILD_PASSPHRASE@", "luksforge-build-only-2f1c")
+#: `luksforge kickstart` writes 43 random base64url characters (256 bits); anything much shorter was not made
+#: per build.
+MIN_BUILD_PASSPHRASE_LENGTH = 32
+
+
+def _build_passphrases(text: str):
+    found = []
+    for line in text.splitlines():
+        if not re.match(r"^\s*(part|partition|logvol|raid|autopart)\s", line):
+            continue
+        for word in line.split():
+            if word.startswith("--passphrase="):
+                found.append(word.split("=", 1)[1].strip("'\""))
+    return found
+
 
 def check_kickstart(text: str, name: str = "kickstart") -> None:
-    """Refuse a kickstart that would not make an NBDE-ready LUKS2 install (raises TemplateVarError)."""
+    """Refuse a kickstart that would not make an NBDE-ready LUKS2 install, or that carries a known build
+    passphrase (raises TemplateVarError)."""
     problems = []
     parts = [line for line in text.splitlines() if re.match(r"^\s*(part|logvol|raid)\s", line)]
     encrypted = [line for line in parts if "--encrypted" in line.split()]
@@ -244,12 +285,26 @@ def check_kickstart(text: str, name: str = "kickstart") -> None:
         problems.append("no 'part ... --encrypted' line")
     for line in encrypted:
         if "--luks-version=luks2" not in line.split():
-            problems.append(f"encrypted without --luks-version=luks2: {line.strip()}")
-    posts = [m for m in _POST_SECTION.finditer(text) if "--nochroot" not in m.group("args")]
-    if not any(re.search(r"\bluksforge\s+bind\b", m.group("body")) for m in posts):
-        problems.append("no %post runs 'luksforge bind'")
-    if not any(re.search(r"\bluksforge\s+unlock\b.*--test", m.group("body")) for m in posts):
-        problems.append("no %post verifies the binding with 'luksforge unlock ... --test'")
+            problems.append(f"encrypted without --luks-version=luks2: {line.split('--passphrase=')[0].strip()}")
+    if "@LUKSFORGE_" in text:
+        problems.append("an unrendered template (@LUKSFORGE_...@ markers): render it with `luksforge kickstart`")
+    for passphrase in _build_passphrases(text):
+        if passphrase in KNOWN_BUILD_PASSPHRASES:
+            problems.append("a known build passphrase (render the kickstart with `luksforge kickstart` for a fresh one)")
+        elif len(passphrase) < MIN_BUILD_PASSPHRASE_LENGTH:
+            problems.append(f"a build passphrase of {len(passphrase)} characters: not a per-build random one "
+                            "(`luksforge kickstart` makes 43)")
+    posts = [m.group("body") for m in _POST_SECTION.finditer(text) if "--nochroot" not in m.group("args")]
+    binds = any(re.search(r"\b(luksforge|clevis\s+luks)\s+bind\b", body) for body in posts)
+    if not binds:
+        problems.append("no %post binds the volume ('clevis luks bind' or 'luksforge bind')")
+    verified = any(re.search(r"\bluksforge\s+unlock\b.*--test", body) or
+                   (re.search(r"\bclevis\s+luks\s+pass\b", body) and "--test-passphrase" in body) for body in posts)
+    if not verified:
+        problems.append("no %post verifies the binding through Tang ('clevis luks pass' + 'cryptsetup open "
+                        "--test-passphrase', or 'luksforge unlock ... --test')")
+    if not any(re.search(r"\b(luksRemoveKey|luksKillSlot|luksforge\s+remove-key)\b", body) for body in posts):
+        problems.append("no %post removes the build passphrase's keyslot")
     if "rd.neednet=1" not in text:
         problems.append("the initramfs is not given rd.neednet=1")
     if not re.search(r"\bdracut\b[^\n]*-f", text):

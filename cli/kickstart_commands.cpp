@@ -1,0 +1,190 @@
+// `luksforge kickstart`: render one of the NBDE kickstart templates (lorax-templates/kickstarts/, compiled in)
+// with a fresh random build passphrase and the installation source, into a new 0600 file.
+//
+// The templates carry no secret: `@LUKSFORGE_BUILD_PASSPHRASE@` marks where the passphrase goes (the `part`
+// line and the %post that binds and then removes its keyslot), and the line `# @LUKSFORGE_INSTALLATION_SOURCE@`
+// where the `url`/`repo` lines or an `%include` go. The passphrase is generated here, lives in SecretBuffers
+// and in the output file only — never in argv, the environment or a log.
+#include "commands.hpp"
+#include "common.hpp"
+#include "kickstart_templates.hpp"
+
+#include <luksforge/error.hpp>
+#include <luksforge/policy.hpp>
+#include <luksforge/secret.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace luksforge::cli {
+namespace {
+
+constexpr std::string_view passphrase_marker = "@LUKSFORGE_BUILD_PASSPHRASE@";
+constexpr std::string_view source_marker_line = "# @LUKSFORGE_INSTALLATION_SOURCE@";
+
+struct KickstartOptions {
+    std::string kind = "lmc-make-disk";
+    std::string template_file;
+    std::string policy;
+    std::string url;
+    std::vector<std::string> repos;  // NAME=URL
+    std::string include;
+    std::string out;
+    bool force = false;
+};
+
+// A word that must stay one kickstart word (pykickstart splits lines like a shell) and one shell word.
+void check_word(const std::string& value, const std::string& what) {
+    if (value.empty()) throw CLI::ValidationError(what, "must not be empty");
+    for (char c : value)
+        if (std::isspace(static_cast<unsigned char>(c)) || c == '"' || c == '\'' || c == '\\' || c == '#' ||
+            c == '`' || c == '$')
+            throw CLI::ValidationError(what, "\"" + value + "\" contains a character a kickstart line cannot carry");
+}
+
+void check_source_url(const std::string& url, const std::string& what) {
+    check_word(url, what);
+    for (std::string_view scheme : {"http://", "https://", "ftp://", "file://"})
+        if (url.compare(0, scheme.size(), scheme) == 0 && url.size() > scheme.size()) return;
+    throw CLI::ValidationError(what, "\"" + url + "\" is not an http://, https://, ftp:// or file:// URL");
+}
+
+// The installation source lines (documented parameters: anaconda's `url` and `repo`, or an `%include`).
+std::string installation_source(const KickstartOptions& options) {
+    if (options.url.empty() == options.include.empty())
+        throw CLI::ValidationError("--url/--include", "give the installation source: --url URL or --include FILE");
+    if (!options.include.empty()) {
+        if (!options.repos.empty())
+            throw CLI::ValidationError("--repo", "goes with --url (livemedia-creator allows repo only with url)");
+        check_word(options.include, "--include");
+        return "# Installation source (url/repo lines), included as livemedia-creator and anaconda read it.\n"
+               "%include " + options.include + "\n";
+    }
+    check_source_url(options.url, "--url");
+    std::string lines = "url --url=" + options.url + "\n";
+    for (const std::string& repo : options.repos) {
+        const std::size_t eq = repo.find('=');
+        if (eq == std::string::npos || eq == 0)
+            throw CLI::ValidationError("--repo", "\"" + repo + "\" is not NAME=URL");
+        const std::string name = repo.substr(0, eq);
+        if (!std::all_of(name.begin(), name.end(), [](char c) {
+                return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+            }))
+            throw CLI::ValidationError("--repo", "repository name \"" + name + "\" may hold only letters, digits, - _ .");
+        check_source_url(repo.substr(eq + 1), "--repo");
+        lines += "repo --name=" + name + " --baseurl=" + repo.substr(eq + 1) + "\n";
+    }
+    return lines;
+}
+
+std::string template_text(const KickstartOptions& options) {
+    if (!options.template_file.empty()) {
+        std::ifstream in(options.template_file, std::ios::binary);
+        if (!in) throw NotFoundError("cannot read kickstart template " + options.template_file);
+        return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    }
+    const std::optional<std::string_view> builtin = builtin_kickstart_template(options.kind);
+    if (!builtin) throw CLI::ValidationError("--kind", "\"" + options.kind + "\" is not lmc-make-disk or virt-install");
+    return std::string(*builtin);
+}
+
+// The policy the installs bind (through the runtime template's verified advertisements): valid, no
+// trust-on-first-use, and seal and stamp must fit the 16 KiB LUKS2 metadata anaconda always makes.
+void check_policy(const std::string& path) {
+    Policy policy = Policy::load(path);
+    policy.require_valid();
+    if (policy.trust_on_first_use)
+        throw FormatError("policy " + path + " allows trust_on_first_use: an install must bind to pinned or offline "
+                          "advertisements");
+    const Policy::PipelineFit fit = policy.pipeline_fit(Policy::metadata_sizes[0]);
+    if (!fit.fits()) {
+        std::string message = "policy " + path + ": anaconda formats LUKS2 with 16 KiB of metadata, and with this policy's " +
+                              std::to_string(fit.token.token_bytes) + "-byte token seal needs " +
+                              std::to_string(fit.seal.needed) + " and stamp " + std::to_string(fit.stamp.needed) +
+                              " of its " + std::to_string(fit.seal.available) + " bytes of JSON";
+        if (fit.max_servers) message += "; at most " + std::to_string(*fit.max_servers) + " such Tang servers fit";
+        throw FormatError(message);
+    }
+}
+
+// Template + passphrase + source → the kickstart, assembled in a SecretBuffer (it holds the passphrase).
+SecretBuffer render(std::string_view text, const SecretBuffer& passphrase, const std::string& source) {
+    const std::size_t source_at = text.find(source_marker_line);
+    if (source_at == std::string_view::npos || (source_at != 0 && text[source_at - 1] != '\n'))
+        throw FormatError("the kickstart template has no line \"" + std::string(source_marker_line) + "\"");
+    if (text.find(passphrase_marker) == std::string_view::npos)
+        throw FormatError("the kickstart template has no " + std::string(passphrase_marker) + " to put the build passphrase in");
+    SecretBuffer out;
+    std::size_t position = 0;
+    while (position < text.size()) {
+        const std::size_t marker = text.find(passphrase_marker, position);
+        const std::size_t line = text.find(source_marker_line, position);
+        const std::size_t next = std::min(marker, line);
+        if (next == std::string_view::npos) {
+            out.append(text.data() + position, text.size() - position);
+            break;
+        }
+        out.append(text.data() + position, next - position);
+        if (next == marker) {
+            out.append(passphrase.data(), passphrase.size());
+            position = marker + passphrase_marker.size();
+        } else {
+            out.append(source.data(), source.size());
+            position = line + source_marker_line.size();
+            if (position < text.size() && text[position] == '\n') ++position;  // `source` ends with its own newline
+        }
+    }
+    if (out.view().find("@LUKSFORGE_") != std::string_view::npos)
+        throw FormatError("the kickstart template holds an unknown @LUKSFORGE_...@ marker");
+    return out;
+}
+
+int run_kickstart(const KickstartOptions& options) {
+    check_policy(options.policy);
+    const std::string source = installation_source(options);
+    const std::string text = template_text(options);
+    // 256 bits from the kernel CSPRNG, base64url: one kickstart and one shell word, no quoting needed.
+    const SecretBuffer passphrase = generate_passphrase(256);
+    const SecretBuffer kickstart = render(text, passphrase, source);
+    const std::filesystem::path out(options.out);
+    write_secret_file(out, kickstart.bytes(), options.force);  // created 0600; refuses an existing file
+    std::fprintf(stderr,
+                 "wrote %s (mode 0600) with a fresh random build passphrase; it opens nothing once %%post has run — "
+                 "delete the file after the build\n",
+                 out.c_str());
+    return exit_ok;
+}
+
+}  // namespace
+
+void register_kickstart_commands(CLI::App& app) {
+    auto opts = std::make_shared<KickstartOptions>();
+    auto* cmd = app.add_subcommand(
+        "kickstart", "Render an NBDE kickstart (livemedia-creator --make-disk or virt-install) with a fresh random "
+                     "build passphrase into a new 0600 file");
+    cmd->add_option("--kind", opts->kind, "lmc-make-disk (default) or virt-install")
+        ->check(CLI::IsMember({"lmc-make-disk", "virt-install"}));
+    cmd->add_option("--template", opts->template_file,
+                    "Render this template instead (with @LUKSFORGE_BUILD_PASSPHRASE@ and the "
+                    "'# @LUKSFORGE_INSTALLATION_SOURCE@' line)");
+    cmd->add_option("--policy", opts->policy,
+                    "The deployment policy the installs bind (checked: valid, no TOFU, fits 16 KiB LUKS2 metadata)")
+        ->required();
+    cmd->add_option("--url", opts->url, "Installation source: the kickstart's url --url=URL");
+    cmd->add_option("--repo", opts->repos, "Additional repository NAME=URL (repeatable; with --url)");
+    cmd->add_option("--include", opts->include,
+                    "Installation source in a file the kickstart %includes (a path as the installer sees it)");
+    cmd->add_option("--out", opts->out, "The kickstart to write (created 0600)")->required();
+    cmd->add_flag("--force", opts->force, "Replace an existing --out file");
+    set_action(*cmd, [opts] { return run_kickstart(*opts); });
+}
+
+}  // namespace luksforge::cli
