@@ -9,6 +9,7 @@
 
 #include <luksforge/pin.hpp>
 
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -43,11 +44,17 @@ Advertisement parse_advertisement(std::string_view json, std::string_view extra_
 // The thumbprint of a JWK given as JSON (`alg` "S256" or "S1"), as `jose jwk thp` prints it.
 std::string jwk_thumbprint(std::string_view jwk_json, std::string_view alg = "S256");
 
+// The base URL requests for a Clevis `url` go to: the URL as given when it is http:// or https://, and
+// "http://" + URL when it has no scheme ("host:port", as curl — and so Clevis — reads it). A trailing '/' is
+// dropped. Throws FormatError for other schemes, spaces or control characters, and URLs over 4096 bytes.
+// The JWE keeps the URL exactly as given.
+std::string request_url(std::string_view url);
+
 // One HTTP connection context (one libcurl easy handle) to one Tang server.
 class Client {
 public:
-    // `url` is the server's base URL as in Clevis's config ("http://tang.example:7500"); a trailing '/' is
-    // ignored. Only http and https are allowed.
+    // `url` is the server's base URL as in Clevis's config ("http://tang.example:7500", or "tang:7500"
+    // meaning http), read by request_url().
     explicit Client(std::string url, NetworkOptions options = {});
     Client(Client&&) noexcept;
     Client& operator=(Client&&) noexcept;
@@ -70,6 +77,11 @@ private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };
+
+// An offline advertisement file (`"adv": FILE`, policy `adv =`), read with the limits network replies have:
+// regular files only (a FIFO or device is refused without blocking), at most `max_bytes` (1 MiB).
+// Throws NotFoundError, FormatError (not a regular file, too large) or Error.
+std::string read_advertisement_file(const std::filesystem::path& file, std::size_t max_bytes = 1 << 20);
 
 // Clevis's tang pin configuration: {"url":..., "thp":..., "adv": FILE-or-object}.
 struct Config {

@@ -79,7 +79,7 @@ BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view conf
         throw;
     }
     result.verification = Verification::verified;
-    result.message = bound + "; verified through the server: the token opens its keyslot";
+    result.message = bound + "; verified: the stored token decrypts through its pin (the real servers) and opens its keyslot";
     return result;
 }
 

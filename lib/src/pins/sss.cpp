@@ -600,4 +600,21 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
                     b64u_decode(parts.tag, "tag"));
 }
 
+std::string dir_a256gcm_encrypt(const SecretBuffer& key, const json_t* header, std::span<const std::uint8_t> plaintext) {
+    if (key.size() != 32) throw FormatError("A256GCM needs a 32-byte key");
+    const std::string header_text = json_dump(header, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    const std::string protected_b64 =
+        b64u_encode({reinterpret_cast<const std::uint8_t*>(header_text.data()), header_text.size()});
+    const Sealed sealed = gcm_seal(key, protected_b64, plaintext);
+    return protected_b64 + ".." + b64u_encode(sealed.iv) + "." + b64u_encode(sealed.ciphertext) + "." +
+           b64u_encode(sealed.tag);
+}
+
+SecretBuffer dir_a256gcm_decrypt(const SecretBuffer& key, std::string_view jwe) {
+    if (key.size() != 32) throw FormatError("A256GCM needs a 32-byte key, this one has " + std::to_string(key.size()));
+    const CompactJwe parts = split_compact(jwe);
+    return gcm_open(key, parts.protected_b64, b64u_decode(parts.iv, "iv"), b64u_decode(parts.ciphertext, "ciphertext"),
+                    b64u_decode(parts.tag, "tag"));
+}
+
 }  // namespace luksforge::detail

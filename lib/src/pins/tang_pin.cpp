@@ -1,6 +1,8 @@
 // The tang pin: Clevis's compact JWE with ECDH-ES key agreement against a Tang exchange key
 // (clevis-encrypt-tang), and McCallum-Relyea recovery through the Tang server (clevis-decrypt-tang).
 // libjose does the JOSE work exactly as the `jose` commands Clevis runs, so both sides read each other's JWEs.
+#include "tang/ec_point.hpp"
+#include "util/error_util.hpp"
 #include "util/jose_util.hpp"
 #include "util/json_util.hpp"
 #include "pins/pins.hpp"
@@ -65,6 +67,13 @@ std::string tang_encrypt(const json_t* config, std::span<const std::uint8_t> sec
     JsonPtr keys_set = json_parse(trusted.advertisement.keys_json, "advertisement");
 
     JsonPtr exchange_key = first_exchange_key(keys_set.get());
+    // A bad key in an advertisement the user supplied is bad input (7); one a server serves, a Tang failure (6).
+    if (const std::optional<std::string> problem = ec_public_key_problem(exchange_key.get())) {
+        if (trusted.source == tang::TrustSource::offline_advertisement)
+            throw FormatError("the offline advertisement's exchange key is unusable: " + *problem);
+        throw TangError("the Tang server " + excerpt(cfg.url) + " advertises an unusable exchange key: " + *problem,
+                        EBADMSG);
+    }
     const std::string kty = json_string_or(exchange_key.get(), "kty");
     const std::string crv = json_string_or(exchange_key.get(), "crv");
     if (kty != "EC" || !supported_curve(crv))
@@ -130,15 +139,20 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
         }
     }
     if (server_key == nullptr)
-        throw AuthError("tang JWE header validation failed: kid '" + kid +
+        throw AuthError("tang JWE header validation failed: kid '" + excerpt(kid, 64) +
                         "' matches no key in clevis.tang.adv (header tampered with?)");
 
     const std::string crv = json_string_or(epk, "crv");
     if (json_string_or(epk, "kty") != "EC" || !supported_curve(crv))
-        throw FormatError("tang JWE: epk has unsupported type/curve '" + json_string_or(epk, "kty") + "/" + crv + "'");
+        throw FormatError("tang JWE: epk has unsupported type/curve '" + excerpt(json_string_or(epk, "kty"), 16) + "/" +
+                          excerpt(crv, 16) + "'");
     if (json_string_or(server_key, "crv") != crv)
         throw FormatError("tang JWE: wrong curve: epk is " + crv + " but the Tang key is " +
-                          json_string_or(server_key, "crv"));
+                          excerpt(json_string_or(server_key, "crv"), 16));
+    if (const std::optional<std::string> problem = ec_public_key_problem(epk))
+        throw FormatError("tang JWE: invalid epk: " + *problem);
+    if (const std::optional<std::string> problem = ec_public_key_problem(server_key))
+        throw FormatError("tang JWE: the exchange key in clevis.tang.adv is unusable: " + *problem);
 
     JoseContext jose;
     // Ephemeral key E; send X = epk + E.pub (ECMR point addition: local public, remote private).
@@ -156,14 +170,17 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
     try {
         reply = json_parse(reply_text, "Tang recovery reply");
     } catch (const FormatError& e) {
-        throw TangError(std::string("malformed reply from ") + url + "/rec/" + kid + ": " + e.what(), EBADMSG);
+        throw TangError(std::string("malformed reply from ") + excerpt(url) + "/rec/" + excerpt(kid, 64) + ": " + e.what(), EBADMSG);
     }
     if (!json_is_object(reply.get()) || json_string_or(reply.get(), "kty") != "EC")
-        throw TangError("invalid Tang recovery reply from " + url + ": not an EC JWK", EBADMSG);
+        throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": not an EC JWK", EBADMSG);
     if (json_string_or(reply.get(), "crv") != crv)
-        throw TangError("invalid Tang recovery reply from " + url + ": wrong curve '" +
-                            json_string_or(reply.get(), "crv") + "', expected " + crv,
+        throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": wrong curve '" +
+                            excerpt(json_string_or(reply.get(), "crv"), 16) + "', expected " + crv,
                         EBADMSG);
+
+    if (const std::optional<std::string> problem = ec_public_key_problem(reply.get()))
+        throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": " + *problem, EBADMSG);
 
     // Shared point Z = Y - E.d * S (ECMR: private·public, then public − public).
     JsonPtr product = json_take(jose_jwk_exc(jose.native_handle(), ephemeral.get(), server_key));
@@ -171,11 +188,11 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
     if (!product) throw Error(EIO, "key exchange with the Tang key failed: " + jose.last_error("libjose error"));
     json_object_set_new(product.get(), "alg", json_string("ECMR"));
     if (!jose_jwk_pub(jose.native_handle(), reply.get()))
-        throw TangError("invalid Tang recovery reply from " + url, EBADMSG);
+        throw TangError("invalid Tang recovery reply from " + excerpt(url), EBADMSG);
     JsonPtr shared = json_take(jose_jwk_exc(jose.native_handle(), reply.get(), product.get()));
     WipedJwk wipe_shared{shared, {"x", "y"}};
     if (!shared)
-        throw TangError("invalid Tang recovery reply from " + url + ": " + jose.last_error("point not on curve"),
+        throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": " + jose.last_error("point not on curve"),
                         EBADMSG);
 
     JsonPtr jwe = json_take(json_pack("{s:s%,s:s%,s:s%,s:s%}", "protected", compact.parts[0].data(),

@@ -382,9 +382,15 @@ std::vector<PolicyProblem> Policy::check() const {
             problem(server.thp_line, "tang.thp \"" + *server.thp +
                                          "\" is not a thumbprint (base64url SHA-256, 43 characters, or SHA-1, 27)");
         if (server.adv) {
-            const std::optional<std::string> text = read_text_file(*server.adv);
+            std::optional<std::string> text;
+            std::string unreadable = "does not exist or cannot be read";
+            try {
+                text = tang::read_advertisement_file(*server.adv);  // regular files only, at most 1 MiB
+            } catch (const Error& e) {
+                if (!dynamic_cast<const NotFoundError*>(&e)) unreadable = "cannot be used: " + bare_message(e);
+            }
             if (!text) {
-                problem(server.adv_line, "tang.adv file " + server.adv->string() + " does not exist or cannot be read");
+                problem(server.adv_line, "tang.adv file " + server.adv->string() + " " + unreadable);
                 adv_unusable = true;
             } else {
                 try {

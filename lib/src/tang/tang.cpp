@@ -1,6 +1,7 @@
 // Tang client over libcurl and libjose: advertisement fetch and verification, trust decision, recovery.
 #include <luksforge/tang.hpp>
 
+#include "util/error_util.hpp"
 #include "util/jose_util.hpp"
 #include "util/json_util.hpp"
 
@@ -8,6 +9,11 @@
 
 #include <curl/curl.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
 #include <cerrno>
 #include <cstdarg>
 #include <cstdio>
@@ -182,7 +188,7 @@ struct Client::Impl {
 
         const CURLcode rc = curl_easy_perform(handle);
         curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, nullptr);
-        const std::string where = (post_body ? "POST " : "GET ") + target;
+        const std::string where = (post_body ? "POST " : "GET ") + detail::excerpt(target, 300);
         const std::string detail = error_buffer[0] ? std::string(error_buffer) : curl_easy_strerror(rc);
         switch (rc) {
         case CURLE_OK:
@@ -369,11 +375,28 @@ std::string jwk_thumbprint(std::string_view jwk_json, std::string_view alg) {
     return thp;
 }
 
+std::string request_url(std::string_view url) {
+    if (url.empty()) throw FormatError("Tang URL is empty");
+    if (url.size() > 4096)
+        throw FormatError("Tang URL is too long (" + std::to_string(url.size()) + " bytes, at most 4096): '" +
+                          detail::excerpt(url) + "'");
+    for (const char c : url)
+        if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+            throw FormatError("Tang URL contains a space or control character: '" + detail::excerpt(url) + "'");
+    std::string result = trim_url(std::string(url));
+    const std::size_t scheme_end = result.find("://");
+    if (scheme_end == std::string::npos) return "http://" + result;  // as curl (and so Clevis) reads "host:port"
+    std::string scheme = result.substr(0, scheme_end);
+    for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (scheme != "http" && scheme != "https")
+        throw FormatError("Tang URL must be http:// or https:// (or have no scheme, meaning http): '" +
+                          detail::excerpt(url) + "'");
+    return scheme + result.substr(scheme_end);
+}
+
 Client::Client(std::string url, NetworkOptions options) : impl_(std::make_unique<Impl>()) {
     global_curl_init();
-    impl_->url = trim_url(std::move(url));
-    if (impl_->url.rfind("http://", 0) != 0 && impl_->url.rfind("https://", 0) != 0)
-        throw FormatError("Tang URL must start with http:// or https://: '" + impl_->url + "'");
+    impl_->url = request_url(url);
     impl_->options = std::move(options);
     impl_->curl.reset(curl_easy_init());
     if (!impl_->curl) throw TangError("cannot create a libcurl handle", ENOMEM);
@@ -411,6 +434,44 @@ std::string Client::recover(std::string_view kid, std::string_view request_jwk_j
     return response.body;
 }
 
+std::string read_advertisement_file(const std::filesystem::path& file, std::size_t max_bytes) {
+    const std::string name = detail::excerpt(file.string());
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway.
+    const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        const int err = errno;
+        if (err == ENOENT) throw NotFoundError("advertisement file '" + name + "' not found");
+        throw Error(err, "cannot open advertisement file '" + name + "'");
+    }
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) throw Error(errno, "cannot stat advertisement file '" + name + "'");
+    if (!S_ISREG(st.st_mode))
+        throw FormatError("advertisement file '" + name + "' is not a regular file (" +
+                          (S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) ? "a character device"
+                                                 : S_ISBLK(st.st_mode) ? "a block device"
+                                                 : S_ISDIR(st.st_mode) ? "a directory" : "not a file") +
+                          ")");
+    if (static_cast<std::uint64_t>(st.st_size) > max_bytes)
+        throw FormatError("advertisement file '" + name + "' is larger than " + std::to_string(max_bytes) + " bytes");
+    std::string text;
+    char buffer[65536];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw Error(errno, "cannot read advertisement file '" + name + "'");
+        if (n == 0) break;
+        if (text.size() + static_cast<std::size_t>(n) > max_bytes)
+            throw FormatError("advertisement file '" + name + "' is larger than " + std::to_string(max_bytes) +
+                              " bytes");
+        text.append(buffer, static_cast<std::size_t>(n));
+    }
+    return text;
+}
+
 Config parse_config(std::string_view config_json) {
     JsonPtr config = detail::json_parse(config_json, "tang pin configuration");
     if (!json_is_object(config.get())) throw FormatError("tang pin configuration must be a JSON object");
@@ -429,13 +490,10 @@ Config parse_config(std::string_view config_json) {
             result.adv = detail::json_dump(adv);
         } else if (json_is_string(adv)) {
             const std::string file = json_string_value(adv);
-            std::ifstream in(file, std::ios::binary);
-            if (!in) throw NotFoundError("advertisement file '" + file + "' not found");
-            std::ostringstream text;
-            text << in.rdbuf();
-            result.adv = text.str();
-            JsonPtr parsed = detail::json_parse(*result.adv, "advertisement file '" + file + "'");
-            if (!json_is_object(parsed.get())) throw FormatError("advertisement file '" + file + "' is malformed");
+            result.adv = read_advertisement_file(file);
+            JsonPtr parsed = detail::json_parse(*result.adv, "advertisement file '" + detail::excerpt(file) + "'");
+            if (!json_is_object(parsed.get()))
+                throw FormatError("advertisement file '" + detail::excerpt(file) + "' is malformed");
         } else {
             throw FormatError("tang pin configuration: \"adv\" must be a file name or a JSON object");
         }
@@ -459,7 +517,7 @@ TrustedAdvertisement trusted_advertisement(const Config& config, const PinOption
                                                                      : std::nullopt);
         if (!config.thp) {
             if (!options.trust_on_first_use)
-                throw TangError("untrusted advertisement from " + config.url +
+                throw TangError("untrusted advertisement from " + detail::excerpt(config.url) +
                                     ": pin a signing key with \"thp\" (or pass trust-on-first-use); it is signed by: " +
                                     join(result.advertisement.signing_thumbprints, ", "),
                                 EPERM);
@@ -472,8 +530,8 @@ TrustedAdvertisement trusted_advertisement(const Config& config, const PinOption
     if (config.thp && !result.advertisement.has_signing_key(*config.thp)) {
         // Clevis skips the trust check entirely with -y; so does an explicit trust-on-first-use here.
         if (options.trust_on_first_use) return result;
-        throw TangError("thumbprint mismatch: trusted key '" + *config.thp + "' did not sign the advertisement of " +
-                            config.url + " (signing keys: " + join(result.advertisement.signing_thumbprints, ", ") +
+        throw TangError("thumbprint mismatch: trusted key '" + detail::excerpt(*config.thp, 64) + "' did not sign the advertisement of " +
+                            detail::excerpt(config.url) + " (signing keys: " + join(result.advertisement.signing_thumbprints, ", ") +
                             ")",
                         EPERM);
     }

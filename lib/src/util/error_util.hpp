@@ -3,6 +3,7 @@
 
 #include <exception>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace luksforge::detail {
@@ -17,6 +18,16 @@ inline std::string bare_message(const std::exception& e) {
             text.resize(text.size() - suffix.size());
     }
     return text;
+}
+
+// Untrusted input quoted in a message: at most `max` bytes, control characters as '?', and the full length
+// when cut ("http://aaaa... (3145728 bytes)"), so an error never echoes unbounded input.
+inline std::string excerpt(std::string_view text, std::size_t max = 160) {
+    std::string out(text.substr(0, max));
+    for (char& c : out)
+        if (static_cast<unsigned char>(c) < ' ' || c == 0x7f) c = '?';
+    if (text.size() > max) out += "... (" + std::to_string(text.size()) + " bytes)";
+    return out;
 }
 
 }  // namespace luksforge::detail
