@@ -5,7 +5,12 @@
 
 #include <luksforge/pin.hpp>
 
+#include "util/json_util.hpp"
+
 #include <jansson.h>
+
+#include <string>
+#include <vector>
 
 namespace luksforge::detail {
 
@@ -24,5 +29,28 @@ SecretBuffer dir_a256gcm_decrypt(const SecretBuffer& key, std::string_view compa
 SecretBuffer tang_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options);
 SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options);
 SecretBuffer null_decrypt(std::string_view jwe, const json_t* protected_header);
+
+// tang_decrypt in its steps, so the parsing of hostile input can be fuzzed without a network (fuzz/):
+// parse and validate the JWE (no network) ...
+struct TangJwe {
+    std::string kid, url, crv;
+    JsonPtr epk;         // the client's ephemeral public key from the header
+    JsonPtr server_key;  // the advertised exchange key whose thumbprint is the kid
+    JsonPtr jwe;         // the general-form JWE for jose_jwe_dec
+};
+TangJwe parse_tang_jwe(std::string_view jwe, const json_t* protected_header);
+// ... a fresh ECMR key on the JWE's curve (the caller wipes its "d") and the POST /rec/{kid} body it blinds ...
+JsonPtr tang_ephemeral_key(const TangJwe& jwe);
+std::string tang_recovery_request(const TangJwe& jwe, const json_t* ephemeral);
+// ... and the server's reply checked (EC JWK on the right curve, a point on it) and turned into the secret.
+SecretBuffer tang_finish_recovery(const TangJwe& jwe, const json_t* ephemeral, std::string_view reply_text);
+
+// sss_decrypt's header validation (no threads, no network): threshold, prime and the children's compact JWEs.
+struct SssJwe {
+    std::size_t threshold = 0;
+    std::vector<std::uint8_t> prime;
+    std::vector<std::string> child_jwes;
+};
+SssJwe parse_sss_jwe(std::string_view jwe, const json_t* protected_header);
 
 }  // namespace luksforge::detail

@@ -499,7 +499,7 @@ std::string sss_encrypt(const json_t* config, std::span<const std::uint8_t> secr
            b64u_encode(sealed.tag);
 }
 
-SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options) {
+SssJwe parse_sss_jwe(std::string_view jwe, const json_t* protected_header) {
     const CompactJwe parts = split_compact(jwe);
     if (json_string_or(protected_header, "alg") != "dir")
         throw FormatError("sss: the JWE's \"alg\" must be \"dir\"");
@@ -522,16 +522,27 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
     if (count > max_children)
         throw FormatError("sss: the JWE has " + std::to_string(count) + " shares, more than the " +
                           std::to_string(max_children) + " luksforge accepts");
-    const std::vector<std::uint8_t> prime = b64u_decode(json_string_value(p), "p");
+    SssJwe parsed;
+    parsed.threshold = static_cast<std::size_t>(threshold);
+    parsed.prime = b64u_decode(json_string_value(p), "p");
     // The recombined secret is the content key: Clevis's 32-byte prime makes it an A256GCM key.
-    if (prime.size() != prime_bytes)
-        throw FormatError("sss: p has " + std::to_string(prime.size()) + " bytes, expected " + std::to_string(prime_bytes));
-    std::vector<std::string> child_jwes;
+    if (parsed.prime.size() != prime_bytes)
+        throw FormatError("sss: p has " + std::to_string(parsed.prime.size()) + " bytes, expected " +
+                          std::to_string(prime_bytes));
     for (std::size_t i = 0; i < count; ++i) {
         const json_t* child = json_array_get(children, i);
         if (!json_is_string(child)) throw FormatError("sss: share " + std::to_string(i) + " is not a compact JWE string");
-        child_jwes.emplace_back(json_string_value(child), json_string_length(child));
+        parsed.child_jwes.emplace_back(json_string_value(child), json_string_length(child));
     }
+    return parsed;
+}
+
+SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options) {
+    const CompactJwe parts = split_compact(jwe);
+    const SssJwe parsed = parse_sss_jwe(jwe, protected_header);
+    const std::vector<std::uint8_t>& prime = parsed.prime;
+    const std::vector<std::string>& child_jwes = parsed.child_jwes;
+    const std::size_t count = child_jwes.size();
 
     // Every child runs at once; the first `threshold` successes win and the rest are cancelled (their
     // transfers abort through NetworkOptions::cancel). A caller's own cancel flag is honoured too.
@@ -547,7 +558,7 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
             run_child(state, i, child, child_options);
         });
 
-    const std::size_t needed = static_cast<std::size_t>(threshold);
+    const std::size_t needed = parsed.threshold;
     bool parent_cancelled = false;
     {
         std::unique_lock lock(state->mutex);

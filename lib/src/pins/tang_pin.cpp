@@ -113,20 +113,22 @@ std::string tang_encrypt(const json_t* config, std::span<const std::uint8_t> sec
            field("tag");
 }
 
-SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const PinOptions& options) {
+TangJwe parse_tang_jwe(std::string_view jwe_text, const json_t* header) {
     const CompactJwe compact = split_compact_jwe(jwe_text);
+    TangJwe parsed;
 
     const json_t* epk = json_object_get(header, "epk");
     if (!json_is_object(epk)) throw FormatError("tang JWE: missing the required 'epk' header parameter");
     const json_t* kid_value = json_object_get(header, "kid");
     if (!json_is_string(kid_value)) throw FormatError("tang JWE: missing the required 'kid' header parameter");
-    const std::string kid = json_string_value(kid_value);
+    parsed.kid = json_string_value(kid_value);
+    const std::string& kid = parsed.kid;
     const json_t* tang_header = json_object_get(json_object_get(header, "clevis"), "tang");
     const json_t* adv = json_object_get(tang_header, "adv");
     if (!json_is_object(adv) || !json_is_array(json_object_get(adv, "keys")))
         throw FormatError("tang JWE: missing the required 'clevis.tang.adv' header parameter");
-    const std::string url = json_string_or(tang_header, "url");
-    if (url.empty()) throw FormatError("tang JWE: missing the required 'clevis.tang.url' header parameter");
+    parsed.url = json_string_or(tang_header, "url");
+    if (parsed.url.empty()) throw FormatError("tang JWE: missing the required 'clevis.tang.url' header parameter");
 
     // The server's public exchange key: the advertised key whose thumbprint is the kid (S256 or S1).
     const json_t* server_key = nullptr;
@@ -142,7 +144,8 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
         throw AuthError("tang JWE header validation failed: kid '" + excerpt(kid, 64) +
                         "' matches no key in clevis.tang.adv (header tampered with?)");
 
-    const std::string crv = json_string_or(epk, "crv");
+    parsed.crv = json_string_or(epk, "crv");
+    const std::string& crv = parsed.crv;
     if (json_string_or(epk, "kty") != "EC" || !supported_curve(crv))
         throw FormatError("tang JWE: epk has unsupported type/curve '" + excerpt(json_string_or(epk, "kty"), 16) + "/" +
                           excerpt(crv, 16) + "'");
@@ -153,24 +156,49 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
         throw FormatError("tang JWE: invalid epk: " + *problem);
     if (const std::optional<std::string> problem = ec_public_key_problem(server_key))
         throw FormatError("tang JWE: the exchange key in clevis.tang.adv is unusable: " + *problem);
+    parsed.epk = json_share(const_cast<json_t*>(epk));
+    parsed.server_key = json_share(const_cast<json_t*>(server_key));
 
+    parsed.jwe = json_take(json_pack("{s:s%,s:s%,s:s%,s:s%}", "protected", compact.parts[0].data(),
+                                     compact.parts[0].size(), "iv", compact.parts[2].data(), compact.parts[2].size(),
+                                     "ciphertext", compact.parts[3].data(), compact.parts[3].size(), "tag",
+                                     compact.parts[4].data(), compact.parts[4].size()));
+    if (!parsed.jwe) throw FormatError("tang JWE: parts are not valid UTF-8");
+    if (!compact.parts[1].empty())
+        json_object_set_new(parsed.jwe.get(), "encrypted_key",
+                            json_stringn(compact.parts[1].data(), compact.parts[1].size()));
+    return parsed;
+}
+
+JsonPtr tang_ephemeral_key(const TangJwe& jwe) {
     JoseContext jose;
-    // Ephemeral key E; send X = epk + E.pub (ECMR point addition: local public, remote private).
-    JsonPtr ephemeral = json_take(json_pack("{s:s,s:s}", "alg", "ECMR", "crv", crv.c_str()));
-    WipedJwk wipe_ephemeral{ephemeral, {"d"}};
-    if (!jose_jwk_gen(jose.native_handle(), ephemeral.get()))
+    JsonPtr ephemeral = json_take(json_pack("{s:s,s:s}", "alg", "ECMR", "crv", jwe.crv.c_str()));
+    if (!jose_jwk_gen(jose.native_handle(), ephemeral.get())) {
+        wipe_members(ephemeral.get(), {"d"});
         throw Error(EIO, "cannot generate an ephemeral key: " + jose.last_error("libjose error"));
-    JsonPtr exchange = json_take(jose_jwk_exc(jose.native_handle(), epk, ephemeral.get()));
+    }
+    return ephemeral;
+}
+
+std::string tang_recovery_request(const TangJwe& jwe, const json_t* ephemeral) {
+    // X = epk + E.pub (ECMR point addition: local public, remote private).
+    JoseContext jose;
+    JsonPtr exchange = json_take(jose_jwk_exc(jose.native_handle(), jwe.epk.get(), ephemeral));
     if (!exchange) throw FormatError("tang JWE: invalid epk: " + jose.last_error("key exchange failed"));
     json_object_set_new(exchange.get(), "alg", json_string("ECMR"));
+    return json_dump(exchange.get());
+}
 
-    tang::Client client(url, options.network);
-    const std::string reply_text = client.recover(kid, json_dump(exchange.get()));
+SecretBuffer tang_finish_recovery(const TangJwe& jwe, const json_t* ephemeral, std::string_view reply_text) {
+    const std::string& url = jwe.url;
+    const std::string& crv = jwe.crv;
     JsonPtr reply;
     try {
         reply = json_parse(reply_text, "Tang recovery reply");
     } catch (const FormatError& e) {
-        throw TangError(std::string("malformed reply from ") + excerpt(url) + "/rec/" + excerpt(kid, 64) + ": " + e.what(), EBADMSG);
+        throw TangError(std::string("malformed reply from ") + excerpt(url) + "/rec/" + excerpt(jwe.kid, 64) + ": " +
+                            e.what(),
+                        EBADMSG);
     }
     if (!json_is_object(reply.get()) || json_string_or(reply.get(), "kty") != "EC")
         throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": not an EC JWK", EBADMSG);
@@ -183,7 +211,8 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
         throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": " + *problem, EBADMSG);
 
     // Shared point Z = Y - E.d * S (ECMR: private·public, then public − public).
-    JsonPtr product = json_take(jose_jwk_exc(jose.native_handle(), ephemeral.get(), server_key));
+    JoseContext jose;
+    JsonPtr product = json_take(jose_jwk_exc(jose.native_handle(), ephemeral, jwe.server_key.get()));
     WipedJwk wipe_product{product, {"x", "y"}};
     if (!product) throw Error(EIO, "key exchange with the Tang key failed: " + jose.last_error("libjose error"));
     json_object_set_new(product.get(), "alg", json_string("ECMR"));
@@ -195,22 +224,26 @@ SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const
         throw TangError("invalid Tang recovery reply from " + excerpt(url) + ": " + jose.last_error("point not on curve"),
                         EBADMSG);
 
-    JsonPtr jwe = json_take(json_pack("{s:s%,s:s%,s:s%,s:s%}", "protected", compact.parts[0].data(),
-                                      compact.parts[0].size(), "iv", compact.parts[2].data(), compact.parts[2].size(),
-                                      "ciphertext", compact.parts[3].data(), compact.parts[3].size(), "tag",
-                                      compact.parts[4].data(), compact.parts[4].size()));
-    if (!jwe) throw FormatError("tang JWE: parts are not valid UTF-8");
-    if (!compact.parts[1].empty())
-        json_object_set_new(jwe.get(), "encrypted_key",
-                            json_stringn(compact.parts[1].data(), compact.parts[1].size()));
-
+    // jose_jwe_dec may add members to the JWE it is given: decrypt a copy so `jwe` stays reusable.
+    JsonPtr copy = json_take(json_deep_copy(jwe.jwe.get()));
     std::size_t plain_size = 0;
-    void* plain = jose_jwe_dec(jose.native_handle(), jwe.get(), nullptr, shared.get(), &plain_size);
+    void* plain = jose_jwe_dec(jose.native_handle(), copy.get(), nullptr, shared.get(), &plain_size);
     std::unique_ptr<void, FreeWiped> owned(plain, FreeWiped{plain_size});
     if (plain == nullptr)
         throw AuthError("tang JWE does not decrypt: authentication failed (tampered JWE, or the Tang server holds "
                         "another key for this kid)");
     return SecretBuffer(plain, plain_size);
+}
+
+// In named steps so the parsing of hostile input can be fuzzed without a network (fuzz/).
+SecretBuffer tang_decrypt(std::string_view jwe_text, const json_t* header, const PinOptions& options) {
+    const TangJwe jwe = parse_tang_jwe(jwe_text, header);
+    JsonPtr ephemeral = tang_ephemeral_key(jwe);
+    WipedJwk wipe_ephemeral{ephemeral, {"d"}};
+    const std::string request = tang_recovery_request(jwe, ephemeral.get());
+    tang::Client client(jwe.url, options.network);
+    const std::string reply_text = client.recover(jwe.kid, request);
+    return tang_finish_recovery(jwe, ephemeral.get(), reply_text);
 }
 
 }  // namespace luksforge::detail
