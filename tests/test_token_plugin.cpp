@@ -1,0 +1,343 @@
+// libcryptsetup-token-clevis.so through stock cryptsetup: the handler is loaded by libcryptsetup itself from its
+// token directory. cryptsetup 2.6 has no run-time override of that directory (no --external-tokens-path, no
+// environment variable; crypt_token_set_external_path() is 2.7+), so every command that should see the
+// handler runs in a private mount namespace where a directory holding only the build-tree handler is
+// bind-mounted over crypt_token_external_path(). Nothing is installed on the system; outside the namespace
+// the same commands do not see the handler, which proves that what opens the volume is the handler.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include "tang_server.hpp"
+#include "testutil.hpp"
+
+#include <luksforge/clevis.hpp>
+#include <luksforge/luks.hpp>
+#include <luksforge/secret.hpp>
+
+#include <dlfcn.h>
+#include <jansson.h>
+#include <libcryptsetup.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+using namespace luksforge;
+using namespace luksforge::test;
+
+#ifndef LUKSFORGE_TOKEN_PLUGIN
+TEST_CASE("clevis token handler" * doctest::skip()) {}
+#else
+
+namespace {
+
+constexpr std::uint64_t kMiB = 1ull << 20;
+const std::string kPass = "build passphrase for the handler tests";
+
+// A directory with only the build-tree handler, to be mounted over libcryptsetup's token directory.
+struct HandlerDir {
+    TempDir dir;
+    std::filesystem::path token_dir = crypt_token_external_path();
+    HandlerDir() {
+        std::filesystem::copy_file(LUKSFORGE_TOKEN_PLUGIN, dir / "libcryptsetup-token-clevis.so");
+    }
+    // Run `argv` where libcryptsetup loads the handler (private mount namespace, bind mount).
+    RunResult run(const std::vector<std::string>& argv, const std::string& input = {}) const {
+        std::vector<std::string> wrapped = {"unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                            "d=$1; shift; mount --bind \"$0\" \"$d\" || exit 99; exec \"$@\"",
+                                            dir.path().string(), token_dir.string()};
+        wrapped.insert(wrapped.end(), argv.begin(), argv.end());
+        return test::run(wrapped, input);
+    }
+};
+
+struct Image {
+    TempDir dir;
+    std::filesystem::path path = dir / "disk.img";
+    std::filesystem::path pass_file = dir / "pass";
+    Image() {
+        make_sparse_file(path, 32 * kMiB);
+        FormatOptions options;
+        options.pbkdf = Pbkdf::pbkdf2_fast();
+        Volume volume = Volume::format(path, options);
+        REQUIRE(volume.add_keyslot_by_volume_key(kPass) == 0);
+        write_file(pass_file, kPass);
+    }
+    std::string str() const { return path.string(); }
+};
+
+std::string pinned(const TangServer& tang) {
+    return R"({"url":")" + tang.url() + R"(","thp":")" + tang.thumbprint() + R"("})";
+}
+
+int luksforge_bind(const Image& image, const std::string& pin, const std::string& config) {
+    Volume volume = Volume::open(image.path);
+    return clevis::bind(volume, pin, config, kPass).keyslot;
+}
+
+RunResult open_by_token(const HandlerDir& handler, const Image& image, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> argv = {"cryptsetup", "open", "--test-passphrase", "--token-only", "-v", image.str()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return handler.run(argv);
+}
+
+void check_opens_through_handler(const HandlerDir& handler, const Image& image, int slot) {
+    const RunResult r = open_by_token(handler, image);
+    CHECK_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.out.find("Key slot " + std::to_string(slot) + " unlocked.") != std::string::npos);
+    // The same command without the handler has nothing to open the token with.
+    const RunResult without = run({"cryptsetup", "open", "--test-passphrase", "--token-only", image.str()});
+    CHECK(without.exit_code != 0);
+}
+
+std::string first_clevis_token(const Image& image) {
+    const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+    for (const Token& t : volume.tokens())
+        if (t.type == "clevis") return t.json;
+    FAIL("no clevis token");
+    return {};
+}
+
+// The token with its JWE's protected header edited by `edit` (jansson object in, re-encoded).
+template <typename Edit>
+std::string with_protected_header(const std::string& token_json, Edit edit) {
+    json_t* token = json_loads(token_json.c_str(), 0, nullptr);
+    REQUIRE(token != nullptr);
+    json_t* jwe = json_object_get(token, "jwe");
+    const SecretBuffer decoded = base64url_decode(json_string_value(json_object_get(jwe, "protected")));
+    json_t* header = json_loadb(decoded.chars(), decoded.size(), 0, nullptr);
+    REQUIRE(header != nullptr);
+    edit(header);
+    char* text = json_dumps(header, JSON_COMPACT);
+    const SecretBuffer encoded = base64url_encode({reinterpret_cast<const std::uint8_t*>(text), std::strlen(text)});
+    std::free(text);
+    json_object_set_new(jwe, "protected", json_stringn(encoded.chars(), encoded.size()));
+    char* out = json_dumps(token, JSON_COMPACT);
+    std::string result(out);
+    std::free(out);
+    json_decref(header);
+    json_decref(token);
+    return result;
+}
+
+void replace_clevis_token(const Image& image, const std::string& json) {
+    Volume volume = Volume::open(image.path);
+    for (const Token& t : volume.tokens())
+        if (t.type == "clevis") volume.remove_token(t.id);
+    volume.set_token(json);  // through libcryptsetup without the handler: no clevis validation here
+}
+
+}  // namespace
+
+TEST_CASE("the handler exports exactly the CRYPTSETUP_TOKEN_1.0 entry points") {
+    void* handle = dlopen(LUKSFORGE_TOKEN_PLUGIN, RTLD_NOW | RTLD_LOCAL);
+    REQUIRE_MESSAGE(handle != nullptr, dlerror());
+    for (const char* symbol : {CRYPT_TOKEN_ABI_OPEN, CRYPT_TOKEN_ABI_BUFFER_FREE, CRYPT_TOKEN_ABI_VALIDATE,
+                               CRYPT_TOKEN_ABI_DUMP, CRYPT_TOKEN_ABI_VERSION})
+        CHECK_MESSAGE(dlvsym(handle, symbol, CRYPT_TOKEN_ABI_VERSION1) != nullptr, symbol);
+    using Version = const char* (*)();
+    const auto version = reinterpret_cast<Version>(dlvsym(handle, CRYPT_TOKEN_ABI_VERSION, CRYPT_TOKEN_ABI_VERSION1));
+    REQUIRE(reinterpret_cast<void*>(version) != nullptr);
+    CHECK(std::string(version()) == LUKSFORGE_TOKEN_VERSION);
+    // Nothing of the statically linked luksforge code (or anything else) is visible to the host.
+    dlclose(handle);
+    const RunResult symbols = run({"nm", "-D", "--defined-only", LUKSFORGE_TOKEN_PLUGIN});
+    REQUIRE(symbols.exit_code == 0);
+    std::vector<std::string> names;
+    std::size_t start = 0;
+    while (start < symbols.out.size()) {
+        const std::size_t end = symbols.out.find('\n', start);
+        const std::string line = symbols.out.substr(start, end - start);
+        if (!line.empty()) names.push_back(line.substr(line.rfind(' ') + 1));
+        start = end == std::string::npos ? symbols.out.size() : end + 1;
+    }
+    std::sort(names.begin(), names.end());
+    CHECK(names == std::vector<std::string>{"CRYPTSETUP_TOKEN_1.0", "cryptsetup_token_buffer_free@@CRYPTSETUP_TOKEN_1.0",
+                                            "cryptsetup_token_dump@@CRYPTSETUP_TOKEN_1.0",
+                                            "cryptsetup_token_open@@CRYPTSETUP_TOKEN_1.0",
+                                            "cryptsetup_token_validate@@CRYPTSETUP_TOKEN_1.0",
+                                            "cryptsetup_token_version@@CRYPTSETUP_TOKEN_1.0"});
+}
+
+TEST_CASE("cryptsetup open --token-only opens a luksforge tang binding through the handler") {
+    HandlerDir handler;
+    TangServer tang;
+    Image image;
+    const int slot = luksforge_bind(image, "tang", pinned(tang));
+    check_opens_through_handler(handler, image, slot);
+
+    SUBCASE("luksDump -v shows the handler's lines; plain luksDump keeps Clevis's layout") {
+        const RunResult verbose = handler.run({"cryptsetup", "luksDump", "-v", image.str()});
+        REQUIRE(verbose.exit_code == 0);
+        CHECK(verbose.out.find("  0: clevis\n\tClevis pin: tang " + tang.url() + "\n\tKeyslot:    " +
+                               std::to_string(slot) + "\n") != std::string::npos);
+        // Stock Clevis finds a keyslot's token as the line right before "Keyslot: N" (grep -B1).
+        const RunResult plain = handler.run({"cryptsetup", "luksDump", image.str()});
+        CHECK(plain.out.find("  0: clevis\n\tKeyslot:    " + std::to_string(slot) + "\n") != std::string::npos);
+        const RunResult pass = handler.run({"clevis", "luks", "pass", "-d", image.str(), "-s", std::to_string(slot)});
+        CHECK_MESSAGE(pass.exit_code == 0, pass.err);
+    }
+
+    SUBCASE("no secret reaches libcryptsetup's log, even with --debug") {
+        const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+        const clevis::Unlocked unlocked = clevis::unlock(volume);
+        const RunResult debug = open_by_token(handler, image, {"--debug"});
+        CHECK(debug.exit_code == 0);
+        CHECK(debug.out.find("Token handler clevis-" LUKSFORGE_TOKEN_VERSION " loaded successfully") != std::string::npos);
+        const std::string passphrase(unlocked.passphrase.view());
+        CHECK(debug.out.find(passphrase) == std::string::npos);
+        CHECK(debug.err.find(passphrase) == std::string::npos);
+    }
+
+    SUBCASE("Tang down: a clear failure naming the server") {
+        tang.stop();
+        const RunResult r = open_by_token(handler, image);
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("Token 0 (clevis): Tang unavailable") != std::string::npos, r.err);
+        CHECK(r.err.find(tang.url()) != std::string::npos);
+    }
+
+    SUBCASE("a tampered JWE is refused after the exchange, and cryptsetup is told no token opened") {
+        replace_clevis_token(image, with_protected_header(first_clevis_token(image), [](json_t* header) {
+            json_object_set_new(header, "luksforge-test", json_string("tampered"));  // AAD changes
+        }));
+        const RunResult r = open_by_token(handler, image);
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("JWE does not decrypt") != std::string::npos, r.err);
+    }
+
+    SUBCASE("a server that never answers costs the bounded request time, then fails") {
+        BadServer stalled(200, "{}", 40);
+        replace_clevis_token(image, with_protected_header(first_clevis_token(image), [&](json_t* header) {
+            json_object_set_new(json_object_get(json_object_get(header, "clevis"), "tang"), "url",
+                                json_string(stalled.url().c_str()));
+        }));
+        const RunResult r = open_by_token(handler, image);
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("timed out") != std::string::npos, r.err);
+    }
+}
+
+TEST_CASE("the handler opens a luksforge sss binding with one of three Tang servers down") {
+    HandlerDir handler;
+    TangServer a, b, c;
+    Image image;
+    const int slot = luksforge_bind(image, "sss",
+                                    R"({"t":2,"pins":{"tang":[)" + pinned(a) + "," + pinned(b) + "," + pinned(c) + "]}}");
+    c.stop();
+    check_opens_through_handler(handler, image, slot);
+    const RunResult dump = handler.run({"cryptsetup", "luksDump", "-v", image.str()});
+    CHECK(dump.out.find("\tClevis pin: sss (2 of 3)\n\tShare 1:    tang " + a.url() + "\n\tShare 2:    tang " +
+                        b.url() + "\n\tShare 3:    tang " + c.url() + "\n") != std::string::npos);
+    b.stop();
+    const RunResult r = open_by_token(handler, image);
+    CHECK(r.exit_code != 0);
+    CHECK(r.err.find("Token 0 (clevis): Tang unavailable") != std::string::npos);
+}
+
+TEST_CASE("stock clevis binds (tang, nested sss) with the handler installed, and the handler opens them") {
+    HandlerDir handler;
+    TangServer a, b;
+    Image image;
+    // clevis luks bind stores its token with `cryptsetup token import`: the handler's validate accepts it.
+    RunResult bound = handler.run({"clevis", "luks", "bind", "-y", "-d", image.str(), "-k", image.pass_file.string(),
+                                   "-s", "2", "tang", R"({"url":")" + a.url() + R"("})"});
+    REQUIRE_MESSAGE(bound.exit_code == 0, bound.err);
+    check_opens_through_handler(handler, image, 2);
+
+    const std::string nested = R"({"t":2,"pins":{"tang":[{"url":")" + a.url() +
+                               R"("}],"sss":{"t":1,"pins":{"tang":[{"url":")" + b.url() + R"("}]}}}})";
+    bound = handler.run({"clevis", "luks", "bind", "-y", "-d", image.str(), "-k", image.pass_file.string(), "-s", "5",
+                         "sss", nested});
+    REQUIRE_MESSAGE(bound.exit_code == 0, bound.err);
+    const RunResult dump = handler.run({"cryptsetup", "luksDump", "-v", image.str()});
+    CHECK(dump.out.find("\tClevis pin: sss (2 of 2)\n\tShare 1:    tang " + a.url() + "\n\tShare 2:    sss (1 of 1)\n"
+                        "\tShare 2.1:  tang " + b.url() + "\n\tKeyslot:    5\n") != std::string::npos);
+    // Only the sss token: stock unbind (which parses luksDump) works with the handler installed.
+    const RunResult unbound = handler.run({"clevis", "luks", "unbind", "-f", "-d", image.str(), "-s", "2"});
+    REQUIRE_MESSAGE(unbound.exit_code == 0, unbound.err);
+    const RunResult r = open_by_token(handler, image, {"--token-id", "1"});
+    CHECK_MESSAGE(r.exit_code == 0, r.err);
+    CHECK(r.out.find("Key slot 5 unlocked.") != std::string::npos);
+    CHECK(handler.run({"clevis", "luks", "list", "-d", image.str()}).out == "5: sss '" + nested + "'\n");
+}
+
+TEST_CASE("validate: cryptsetup token import refuses malformed clevis tokens, never crashes") {
+    HandlerDir handler;
+    TangServer tang;
+    Image image;
+    luksforge_bind(image, "tang", pinned(tang));
+    const std::string good = first_clevis_token(image);
+    const auto import = [&](const std::string& json) {
+        return handler.run({"cryptsetup", "token", "import", image.str()}, json);
+    };
+    // The real token imports again (as a second token) — validate accepts what bind wrote.
+    REQUIRE(import(good).exit_code == 0);
+
+    const std::string jwe_prefix = R"({"type":"clevis","keyslots":["1"],"jwe":)";
+    const std::string b64_16 = "AAAAAAAAAAAAAAAAAAAAAA";  // 16 bytes
+    const std::string b64_12 = "AAAAAAAAAAAAAAAA";        // 12 bytes
+    const auto jwe = [&](const std::string& protected_b64, const std::string& iv = "AAAAAAAAAAAAAAAA",
+                         const std::string& tag = "AAAAAAAAAAAAAAAAAAAAAA") {
+        return jwe_prefix + R"({"protected":")" + protected_b64 + R"(","encrypted_key":"","iv":")" + iv +
+               R"(","ciphertext":"AAAA","tag":")" + tag + R"("}})";
+    };
+    const auto b64 = [](const std::string& json) {
+        return std::string(base64url_encode({reinterpret_cast<const std::uint8_t*>(json.data()), json.size()}).view());
+    };
+    const std::string tang_header =
+        R"({"alg":"ECDH-ES","enc":"A256GCM","kid":"k","epk":{"kty":"EC","crv":"P-521"},"clevis":{"pin":"tang","tang":{"url":"http://x","adv":{"keys":[{}]}}}})";
+    // Sanity of the hand-made JWE: a structurally valid tang token is accepted (it just cannot decrypt).
+    CHECK(import(jwe(b64(tang_header))).exit_code == 0);
+    // Another Clevis pin (tpm2 here) is a valid token this handler passes on: stock Clevis must still bind it.
+    CHECK(import(jwe(b64(R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"tpm2","tpm2":{}}})"))).exit_code == 0);
+
+    const std::vector<std::pair<std::string, std::string>> malformed = {
+        {"no jwe", R"({"type":"clevis","keyslots":["1"]})"},
+        {"jwe not an object", jwe_prefix + R"("abc"})"},
+        {"protected not base64url", jwe("!!!")},
+        {"protected not JSON", jwe(b64("not json"))},
+        {"no clevis member", jwe(b64(R"({"alg":"ECDH-ES","enc":"A256GCM"})"))},
+        {"wrong enc", jwe(b64(R"({"alg":"dir","enc":"A128CBC-HS256","clevis":{"pin":"tpm2"}})"))},
+        {"IV of 16 bytes", jwe(b64(tang_header), b64_16)},
+        {"tag of 12 bytes", jwe(b64(tang_header), b64_12, b64_12)},
+        {"tang without url", jwe(b64(R"({"alg":"ECDH-ES","enc":"A256GCM","kid":"k","epk":{"kty":"EC","crv":"P-521"},"clevis":{"pin":"tang","tang":{"adv":{"keys":[{}]}}}})"))},
+        {"tang url not http", jwe(b64(R"({"alg":"ECDH-ES","enc":"A256GCM","kid":"k","epk":{"kty":"EC","crv":"P-521"},"clevis":{"pin":"tang","tang":{"url":"file:///etc/passwd","adv":{"keys":[{}]}}}})"))},
+        {"sss t larger than shares", jwe(b64(R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"sss","sss":{"t":2,"p":"AA","jwe":["a.b.c.d.e"]}}})"))},
+        {"sss share not a JWE", jwe(b64(R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"sss","sss":{"t":1,"p":"AA","jwe":["abc"]}}})"))},
+    };
+    for (const auto& [what, json] : malformed) {
+        const RunResult r = import(json);
+        CHECK_MESSAGE(r.exit_code == 1, what, ": ", r.err);
+        CHECK_MESSAGE(r.err.find("Invalid clevis token") != std::string::npos, what, ": ", r.err);
+    }
+    // sss nested beyond the handler's depth limit.
+    std::string deep = tang_header;
+    for (int i = 0; i < 10; ++i) {
+        const std::string child = b64(deep) + "..AAAAAAAAAAAAAAAA.AAAA.AAAAAAAAAAAAAAAAAAAAAA";
+        deep = R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"sss","sss":{"t":1,"p":"AA","jwe":[")" + child + R"("]}}})";
+    }
+    CHECK(import(jwe(b64(deep))).exit_code == 1);
+
+    // Every truncation and a sweep of byte flips of the real token: import may refuse, cryptsetup never dies
+    // of a signal (it would exit 128+N). The valid ones go in as extra tokens; keep the header from filling up.
+    for (std::size_t cut = 0; cut < good.size(); cut += good.size() / 40 + 1) {
+        const RunResult r = import(good.substr(0, cut));
+        CHECK_MESSAGE(r.exit_code <= 1, "cut at ", cut, ": ", r.err);
+    }
+    for (std::size_t at = 0; at < good.size(); at += good.size() / 40 + 1) {
+        std::string flipped = good;
+        flipped[at] = static_cast<char>(flipped[at] ^ 0x01);
+        const RunResult r = import(flipped);
+        CHECK_MESSAGE(r.exit_code <= 1, "flip at ", at, ": ", r.err);
+        if (r.exit_code == 0) {
+            Volume volume = Volume::open(image.path);
+            const auto tokens = volume.tokens();
+            volume.remove_token(tokens.back().id);
+        }
+    }
+}
+
+#endif
