@@ -291,6 +291,10 @@ TEST_CASE("validate: cryptsetup token import refuses malformed clevis tokens, ne
         R"({"alg":"ECDH-ES","enc":"A256GCM","kid":"k","epk":{"kty":"EC","crv":"P-521"},"clevis":{"pin":"tang","tang":{"url":"http://x","adv":{"keys":[{}]}}}})";
     // Sanity of the hand-made JWE: a structurally valid tang token is accepted (it just cannot decrypt).
     CHECK(import(jwe(b64(tang_header))).exit_code == 0);
+    // A Tang URL without a scheme is http to Clevis.
+    std::string schemeless = tang_header;
+    schemeless.replace(schemeless.find("http://x"), 8, "tang.example:7500");
+    CHECK(import(jwe(b64(schemeless))).exit_code == 0);
     // Another Clevis pin (tpm2 here) is a valid token this handler passes on: stock Clevis must still bind it.
     CHECK(import(jwe(b64(R"({"alg":"dir","enc":"A256GCM","clevis":{"pin":"tpm2","tpm2":{}}})"))).exit_code == 0);
 

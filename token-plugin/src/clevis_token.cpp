@@ -89,8 +89,10 @@ void validate_tang_header(const json_t* header, std::string_view where) {
     string_member(epk, "crv", what + " epk");
     const json_t* tang = object_member(object_member(header, "clevis", what), "tang", what);
     const std::string_view url = string_member(tang, "url", what);
-    if (url.rfind("http://", 0) != 0 && url.rfind("https://", 0) != 0)
-        throw FormatError(what + ": url must be http:// or https://");
+    // Clevis takes a URL without a scheme as http (curl's default), so only a foreign scheme is refused.
+    if (url.empty() || (url.find("://") != std::string_view::npos && url.rfind("http://", 0) != 0 &&
+                        url.rfind("https://", 0) != 0))
+        throw FormatError(what + ": url must be http(s) or have no scheme");
     const json_t* keys = json_object_get(object_member(tang, "adv", what), "keys");
     if (!json_is_array(keys) || json_array_size(keys) == 0)
         throw FormatError(what + ": adv has no keys");
