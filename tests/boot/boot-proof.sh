@@ -17,9 +17,11 @@
 #      d  a sealed base and two stamped instances each open through Tang to the same payload, with volume keys
 #         that differ (compared by digests of the keys dm-crypt holds, taken in the guest);
 #      e  a volume bound only to the missing tang3 does NOT open (clevis and luksforge both report failure).
+#      f  with Clevis, jose and curl deleted from the guest, `cryptsetup open --token-only` opens b and c through
+#         luksforge's token handler (libcryptsetup-token-clevis.so) and refuses e.
 # Cases whose luksforge capability has not landed yet are reported as SKIP, never as passed.
 #
-# Usage: boot-proof.sh --cli PATH [--cases abcde] [--keep]
+# Usage: boot-proof.sh --cli PATH [--token-handler PATH] [--cases abcdef] [--keep]
 #   LUKSFORGE_BOOT_STOCK=1  harness self-test: the host-side steps use stock cryptsetup/clevis instead of luksforge
 #   LUKSFORGE_BOOT_KEEP=1   keep the work directory (images, serial logs, tangd logs) for inspection
 set -uo pipefail
@@ -38,12 +40,14 @@ if [[ -z ${LUKSFORGE_BOOT_NETNS:-} ]]; then
 fi
 
 CLI=""
-cases=abcde
+HANDLER=""
+cases=abcdef
 keep=${LUKSFORGE_BOOT_KEEP:-0}
 stock=${LUKSFORGE_BOOT_STOCK:-0}
 while (($#)); do
   case $1 in
     --cli) CLI=$2; shift 2 ;;
+    --token-handler) HANDLER=$2; shift 2 ;;
     --cases) cases=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     *) boot_die "unknown argument $1" ;;
@@ -149,6 +153,16 @@ fi
 if wants e; then
   if ((cap_format && cap_tang)); then add_vol e; else result_skip "e: no Tang reachable, no unlock" "no 'luksforge bind'/'unlock'"; fi
 fi
+token_case=0
+if wants f; then
+  if [[ $stock == 1 || -z $HANDLER ]]; then
+    result_skip "f: cryptsetup --token-only through the clevis token handler, no Clevis in the guest" "no --token-handler"
+  elif [[ -z ${img[b]:-} || -z ${img[c]:-} || -z ${img[e]:-} ]]; then
+    result_skip "f: cryptsetup --token-only through the clevis token handler, no Clevis in the guest" "needs cases b, c and e"
+  else
+    token_case=1
+  fi
+fi
 if ((${#vols[@]} == 0)); then
   echo "boot proof: 0 passed, 0 failed, $n_skip skipped (nothing to boot)"
   exit 77  # ctest's SKIP_RETURN_CODE
@@ -250,6 +264,7 @@ job2="$work/job2"; mkdir -p "$job2"
 cp "$pass" "$job2/"
 disks2=()
 i=0
+declare -A dev_of=()
 next_dev() { dev=/dev/vd${letters[$i]}; i=$((i + 1)); disks2+=(--disk "$1"); echo "lfb_wait_block $dev"; }
 {
   echo '. /usr/lib/luksforge-boot/lib.sh'
@@ -269,13 +284,13 @@ next_dev() { dev=/dev/vd${letters[$i]}; i=$((i + 1)); disks2+=(--disk "$1"); ech
   fi
   for v in b c; do
     [[ -n ${img[$v]:-} ]] || continue
-    next_dev "${img[$v]}"
+    next_dev "${img[$v]}"; dev_of[$v]=$dev
     echo "lfb_check $v.clevis ok clevis_unlock $dev ${v}_clevis && lfb_check $v.clevis.read ok read_back $v.clevis ${v}_clevis"
     luksforge_unlocks &&
       echo "lfb_check $v.luksforge ok luksforge_unlock $dev ${v}_lf && lfb_check $v.luksforge.read ok read_back $v.luksforge ${v}_lf"
   done
   if [[ -n ${img[e]:-} ]]; then
-    next_dev "${img[e]}"
+    next_dev "${img[e]}"; dev_of[e]=$dev
     echo "lfb_check e.clevis fail clevis_unlock $dev e_clevis; lfb_check e.clevis.unmapped ok not_mapped e_clevis"
     luksforge_unlocks &&
       echo "lfb_check e.luksforge fail luksforge_unlock $dev e_lf; lfb_check e.luksforge.unmapped ok not_mapped e_lf"
@@ -296,9 +311,18 @@ next_dev() { dev=/dev/vd${letters[$i]}; i=$((i + 1)); disks2+=(--disk "$1"); ech
       k=$((k + 1))
     done
   fi
+  if ((token_case)) && [[ -n ${img[b]:-} && -n ${img[c]:-} && -n ${img[e]:-} ]]; then
+    # Last, because it deletes Clevis: only libcryptsetup and the token handler can open the volumes now.
+    echo 'rm -f /usr/bin/clevis* /usr/bin/jose /usr/bin/curl /usr/bin/luksforge'
+    echo 'token_open() { cryptsetup open --token-only "$1" "$2"; }'
+    echo "lfb_check f.b ok token_open ${dev_of[b]} f_b && lfb_check f.b.read ok read_back f.b f_b"
+    echo "lfb_check f.c ok token_open ${dev_of[c]} f_c && lfb_check f.c.read ok read_back f.c f_c"
+    echo "lfb_check f.e fail token_open ${dev_of[e]} f_e; lfb_check f.e.unmapped ok not_mapped f_e"
+  fi
   echo 'lfb_finish'
 } >"$job2/run.sh"
 cli_opt=(); luksforge_unlocks && cli_opt=(--cli "$CLI")
+((token_case)) && cli_opt+=(--token-handler "$HANDLER")
 boot_run read "$work" "$job2" 500 "${cli_opt[@]}" --hosts "$work/hosts.guest" "${disks2[@]}" \
   --tang "10.0.2.100=$work/tang1" --tang "10.0.2.101=$work/tang2"
 boot2_ok=$?
@@ -368,6 +392,16 @@ if [[ -n ${img[d]:-} ]]; then
       result_pass "$what"
     else
       result_fail "$what" "only $distinct distinct volume keys among the 3 images" "$log2"
+    fi
+  fi
+fi
+if ((token_case)) && [[ -n ${img[b]:-} && -n ${img[c]:-} && -n ${img[e]:-} ]]; then
+  what="f: with Clevis deleted from the guest, cryptsetup open --token-only opens the tang and sss bindings (tang3 down) through libcryptsetup-token-clevis.so and refuses the one bound to tang3"
+  if checks_pass "$what" f.b f.b.read f.c f.c.read f.e f.e.unmapped; then
+    if ! tr -d '\r' <"$log2" | grep -q '^LFB-LOG f.e| .*Token 0 (clevis): Tang unavailable.*tang3'; then
+      result_fail "$what" "the handler's error for e does not name the unreachable tang3" "$log2" f.e
+    else
+      result_pass "$what"
     fi
   fi
 fi

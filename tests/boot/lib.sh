@@ -66,9 +66,15 @@ boot_tang_adv() {
   jose fmt -j- -Og payload -u- <"$out" >/dev/null || boot_die "tangd returned no JWS advertisement for $db: $response"
 }
 
+# libcryptsetup's token handler directory (compiled in; cryptsetup --help prints it).
+boot_token_dir() {
+  cryptsetup --help | sed -n 's/^LUKS2 external token plugin path: \(.*\)\.$/\1/p'
+}
+
 # Boot the guest once.
-#   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--hosts FILE] [--disk IMG]... [--tang IP=DB]...
-# JOBDIR (run.sh and its files) becomes /job in the guest; --cli adds the luksforge CLI (and libraries not in the
+#   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--token-handler PATH] [--hosts FILE] [--disk IMG]... [--tang IP=DB]...
+# JOBDIR (run.sh and its files) becomes /job in the guest; --token-handler adds libcryptsetup-token-clevis.so (and
+# libraries not in the base) to libcryptsetup's token directory; --cli adds the luksforge CLI (and libraries not in the
 # base image) as /usr/bin/luksforge; --hosts becomes the guest's /etc/hosts; disks appear as /dev/vda, /dev/vdb,
 # ... in order; each --tang makes a Tang server with database DB reachable at http://IP (port 80) from the guest
 # (IP in qemu's user network 10.0.2.0/24: it exists only inside the qemu process). The serial log is WORKDIR/NAME.log.
@@ -76,11 +82,12 @@ boot_tang_adv() {
 boot_run() {
   local name=$1 workdir=$2 jobdir=$3 timeout=$4
   shift 4
-  local cli="" hosts="" disks=() tangs=() here
+  local cli="" handler="" hosts="" disks=() tangs=() here
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   while (($#)); do
     case $1 in
       --cli) cli=$2; shift 2 ;;
+      --token-handler) handler=$2; shift 2 ;;
       --hosts) hosts=$2; shift 2 ;;
       --disk) disks+=("$2"); shift 2 ;;
       --tang) tangs+=("$2"); shift 2 ;;
@@ -94,6 +101,10 @@ boot_run() {
   [[ -z $hosts ]] || install -D -m 644 "$hosts" "$stage/etc/hosts"
   if [[ -n $cli ]]; then
     boot_stage_elf "$stage" "$cli" /usr/bin/luksforge "$BASE_MANIFEST"
+  fi
+  if [[ -n $handler ]]; then
+    # Where the guest's libcryptsetup (the host's, copied into the base) loads token handlers from.
+    boot_stage_elf "$stage" "$handler" "$(boot_canonical_path "$(boot_token_dir)")/libcryptsetup-token-clevis.so" "$BASE_MANIFEST"
   fi
   # Concatenated newc archives: the kernel unpacks the cached base, then this run's job over it.
   { cat "$BASE_INITRD"; boot_pack_cpio "$stage"; } >"$initrd"
