@@ -1,0 +1,63 @@
+// clone: a plain sparse copy that keeps the volume key, reserved in the ledger against the policy's limit
+// before the copy and released when it fails.
+#include "pipeline/pipeline_internal.hpp"
+
+#include <luksforge/error.hpp>
+#include <luksforge/image.hpp>
+
+#include <cerrno>
+
+namespace luksforge {
+
+using detail::fsync_directory;
+using detail::ledger_image_name;
+using detail::ledger_record;
+using detail::rename_no_replace;
+using detail::TemporaryFile;
+
+// --- clone ------------------------------------------------------------------------------------------------------
+
+StampedInstance clone_image(const std::filesystem::path& base, const std::filesystem::path& out,
+                            const CloneOptions& options) {
+    if (std::filesystem::exists(out)) throw Error(EEXIST, out.string() + " already exists");
+    const LuksTarget target = select_luks_target(base, options.partition);
+    StampedInstance instance;
+    instance.image = out;
+    {
+        DeviceLock base_lock = DeviceLock::acquire(base, false);
+        AttachedTarget attached = AttachedTarget::attach(target, true);
+        Volume volume = Volume::open(attached.device(), Volume::Access::read_only);
+        instance.fingerprint = volume.fingerprint();
+        instance.uuid = volume.inspect().uuid;
+    }
+    std::optional<Ledger> ledger;
+    std::optional<std::int64_t> reservation;
+    if (options.ledger) {
+        ledger = Ledger::open(*options.ledger);
+        const LedgerRecord base_record =
+            ledger_record(instance.fingerprint, ledger_image_name(target), instance.uuid, options.policy, "sealed");
+        // The base itself is an instance of its key; reserve() does not count an already-recorded image twice.
+        ledger->reserve(base_record, options.max_instances_per_key);
+        reservation = ledger->reserve(ledger_record(instance.fingerprint, ledger_image_name(out, target.partition),
+                                                    instance.uuid, options.policy, "cloned"),
+                                      options.max_instances_per_key);
+    }
+    try {
+        const std::filesystem::path partial =
+            out.parent_path() / ("." + out.filename().string() + "." + std::to_string(::getpid()) + ".partial");
+        TemporaryFile temporary(partial);
+        {
+            DeviceLock base_lock = DeviceLock::acquire(base, false);
+            copy_sparse(base, partial);
+        }
+        rename_no_replace(partial, out);
+        temporary.dismiss();
+        fsync_directory(out.parent_path());
+    } catch (...) {
+        if (reservation) ledger->release(*reservation);
+        throw;
+    }
+    return instance;
+}
+
+}  // namespace luksforge

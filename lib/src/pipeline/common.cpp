@@ -1,0 +1,116 @@
+// Small pieces seal, stamp and clone share: names and records for the ledger, the crash hook, durable
+// renames, re-keying to completion, and reading the policy file.
+#include "pipeline/pipeline_internal.hpp"
+
+#include <luksforge/error.hpp>
+
+#include "util/digest.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+namespace luksforge {
+
+namespace detail {
+
+std::string absolute_string(const std::filesystem::path& path) {
+    std::error_code ec;
+    auto absolute = std::filesystem::absolute(path, ec);
+    return (ec ? path : absolute.lexically_normal()).string();
+}
+
+// The ledger's name for a volume: the image's absolute path, plus " partition N" for a partition of it.
+std::string ledger_image_name(const std::filesystem::path& image, std::optional<int> partition) {
+    std::string name = absolute_string(image);
+    if (partition) name += " partition " + std::to_string(*partition);
+    return name;
+}
+
+std::string ledger_image_name(const LuksTarget& target) { return ledger_image_name(target.image, target.partition); }
+
+LedgerRecord ledger_record(std::string fingerprint, std::string image, std::string uuid, const PolicySource& policy,
+                           std::string event) {
+    LedgerRecord record;
+    record.fingerprint = std::move(fingerprint);
+    record.image = std::move(image);
+    record.uuid = std::move(uuid);
+    record.policy_path = policy.path.string();
+    record.policy_hash = policy.sha256;
+    record.event = std::move(event);
+    return record;
+}
+
+// The test-only crash hook (see pipeline.hpp).
+void crash_point(const char* step) {
+    const char* wanted = std::getenv("LUKSFORGE_CRASH_AT");
+    if (wanted != nullptr && std::strcmp(wanted, step) == 0) ::kill(::getpid(), SIGKILL);
+}
+
+void fsync_directory(const std::filesystem::path& directory) {
+    int fd = ::open(directory.empty() ? "." : directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return;
+    ::fsync(fd);
+    ::close(fd);
+}
+
+void rekey_to_completion(Volume& volume, const std::vector<std::string_view>& passphrases, bool drop_others,
+                         const std::function<void(std::uint64_t, std::uint64_t)>& on_progress, bool crash_hook,
+                         std::uint64_t hotzone_bytes) {
+    RekeyOptions options;
+    options.drop_other_keyslots = drop_others;
+    options.drop_orphaned_tokens = true;  // a dropped keyslot's token opens nothing
+    options.max_hotzone_bytes = hotzone_bytes;
+    if (crash_hook && hotzone_bytes == 0) {
+        const char* wanted = std::getenv("LUKSFORGE_CRASH_AT");
+        if (wanted != nullptr && std::strcmp(wanted, "rekey-progress") == 0) options.max_hotzone_bytes = 4 << 20;
+    }
+    options.progress = [&](const RekeyProgress& p) {
+        if (on_progress) on_progress(p.done_bytes, p.total_bytes);
+        if (crash_hook && p.done_bytes > 0 && p.done_bytes < p.total_bytes) crash_point("rekey-progress");
+        return true;
+    };
+    for (int round = 0; round < 1000; ++round)
+        if (volume.rekey(passphrases, options).completed) return;
+    throw Error(EIO, "re-encryption of " + volume.path().string() + " does not finish");
+}
+
+// Clevis tokens whose keyslots are all gone (e.g. dropped by a re-key) open nothing: remove them.
+void remove_dead_clevis_tokens(Volume& volume) {
+    for (const Token& token : volume.tokens()) {
+        if (token.type != "clevis") continue;
+        bool alive = std::any_of(token.keyslots.begin(), token.keyslots.end(),
+                                 [&](int slot) { return volume.keyslot(slot).has_value(); });
+        if (!alive) volume.remove_token(token.id);
+    }
+}
+
+// Rename without ever replacing an existing file.
+void rename_no_replace(const std::filesystem::path& from, const std::filesystem::path& to) {
+    if (::renameat2(AT_FDCWD, from.c_str(), AT_FDCWD, to.c_str(), RENAME_NOREPLACE) == 0) return;
+    if (errno == EEXIST) throw Error(EEXIST, to.string() + " already exists");
+    throw Error(errno, "cannot rename " + from.string() + " to " + to.string() + ": " + std::strerror(errno));
+}
+
+}  // namespace detail
+
+using detail::absolute_string;
+using detail::sha256_hex;
+
+// --- policy source ----------------------------------------------------------------------------------------------
+
+PolicySource policy_source(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw NotFoundError("cannot read policy " + path.string());
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return {std::filesystem::path(absolute_string(path)), sha256_hex(bytes)};
+}
+
+}  // namespace luksforge

@@ -1,0 +1,207 @@
+// stamp: N instances of a sealed base image, each re-keyed to its own volume key with its own verified
+// binding; recorded in the ledger and published under the next free NAME-NNNN.img.
+#include "pipeline/pipeline_internal.hpp"
+
+#include <luksforge/clevis.hpp>
+#include <luksforge/error.hpp>
+#include <luksforge/image.hpp>
+
+#include <signal.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+
+namespace luksforge {
+
+using detail::absolute_string;
+using detail::config_from_jwe;
+using detail::fsync_directory;
+using detail::JsonPtr;
+using detail::json_take;
+using detail::ledger_image_name;
+using detail::ledger_record;
+using detail::read_state;
+using detail::rekey_to_completion;
+using detail::remove_dead_clevis_tokens;
+using detail::rename_no_replace;
+using detail::TemporaryFile;
+
+namespace {
+
+// Hidden `.NAME.PID.partial` files whose process is gone (killed mid-instance).
+void remove_stale_partials(const std::filesystem::path& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (!name.starts_with(".") || !name.ends_with(".partial")) continue;
+        const std::string rest = name.substr(0, name.size() - 8);
+        const std::size_t dot = rest.rfind('.');
+        if (dot == std::string::npos) continue;
+        const std::string pid_text = rest.substr(dot + 1);
+        if (pid_text.empty() || !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            continue;
+        const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+        if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(entry.path().c_str());
+    }
+}
+
+int highest_instance_number(const std::filesystem::path& dir, const std::string& stem) {
+    int highest = 0;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        const std::string prefix = stem + "-";
+        if (name.size() != prefix.size() + 8 || name.compare(0, prefix.size(), prefix) != 0 ||
+            name.compare(name.size() - 4, 4, ".img") != 0)
+            continue;
+        const std::string digits = name.substr(prefix.size(), 4);
+        if (std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            highest = std::max(highest, std::stoi(digits));
+    }
+    return highest;
+}
+
+}  // namespace
+
+// --- stamp ------------------------------------------------------------------------------------------------------
+
+StampReport stamp(const std::filesystem::path& base, std::size_t count, const std::filesystem::path& out_dir,
+                  const StampOptions& options) {
+    if (count == 0) throw FormatError("--count must be at least 1");
+    if (count > 9999) throw FormatError("--count must be at most 9999");
+    const LuksTarget base_target = select_luks_target(base, options.partition);
+
+    StampReport report;
+    report.base = absolute_string(base);
+    SecretBuffer base_passphrase;
+    PinBinding binding;
+    {
+        // A shared lock: other stamps may read the base concurrently, a seal may not change it.
+        DeviceLock base_lock = DeviceLock::acquire(base, false);
+        AttachedTarget attached = AttachedTarget::attach(base_target, true);
+        Volume volume = Volume::open(attached.device(), Volume::Access::read_only);
+        if (read_state(volume))
+            throw FormatError(base_target.describe() + " has an unfinished seal; run seal on it again first");
+        if (volume.inspect().reencryption_in_progress)
+            throw FormatError(base_target.describe() + " is in the middle of a re-encryption");
+        clevis::Unlocked unlocked = clevis::unlock(volume, std::nullopt, options.pin_options);
+        base_passphrase = std::move(unlocked.passphrase);
+        report.base_fingerprint = volume.fingerprint();
+        if (options.binding) {
+            binding = *options.binding;
+        } else {
+            const std::optional<Token> token = volume.token(unlocked.token);
+            if (!token) throw NotFoundError("the base binding's token vanished");
+            auto [pin, config] = config_from_jwe(clevis::token_to_compact(token->json));
+            binding = {pin, detail::json_dump(config.get())};
+        }
+    }
+
+    std::filesystem::create_directories(out_dir);
+    std::optional<Ledger> ledger;
+    if (options.ledger) ledger = Ledger::open(*options.ledger);
+    const std::string stem = base.stem().string();
+    remove_stale_partials(out_dir);
+    int number = highest_instance_number(out_dir, stem);
+    const auto instance_path = [&](int n) {
+        char suffix[32];
+        std::snprintf(suffix, sizeof suffix, "-%04d.img", n);
+        return out_dir / (stem + suffix);
+    };
+
+    for (std::size_t index = 0; index < count; ++index) {
+        ++number;
+        std::filesystem::path final_path = instance_path(number);
+        // Private to this process: a concurrent stamp into the same directory never touches it.
+        const std::filesystem::path partial =
+            out_dir / ("." + final_path.filename().string() + "." + std::to_string(::getpid()) + ".partial");
+        if (options.on_instance) options.on_instance(final_path, index, count);
+        TemporaryFile temporary(partial);
+        {
+            DeviceLock base_lock = DeviceLock::acquire(base, false);
+            copy_sparse(base, partial);
+        }
+
+        StampedInstance instance;
+        instance.image = final_path;
+        {
+            LuksTarget target = select_luks_target(partial, base_target.partition);
+            AttachedTarget attached = AttachedTarget::attach(target);
+            Volume volume = Volume::open(attached.device());
+            // A fresh volume key; the inherited keyslot follows it (its passphrase is the base's).
+            rekey_to_completion(volume, {base_passphrase.view()}, options.drop_other_keyslots, nullptr, false);
+            remove_dead_clevis_tokens(volume);
+            const std::optional<int> inherited = volume.test_passphrase(base_passphrase.view());
+            if (!inherited) throw Error(EIO, "the re-keyed copy lost the inherited keyslot");
+
+            clevis::BindOptions bind_options;
+            bind_options.pin = options.pin_options;
+            bind_options.pbkdf = options.keyslot_pbkdf;
+            bind_options.verify = true;
+            clevis::BindResult bound =
+                clevis::bind(volume, binding.pin, binding.config_json, base_passphrase.view(), bind_options);
+            if (bound.verification != clevis::Verification::verified)
+                throw TangError("instance binding not verified: " + bound.message);
+
+            // Drop what every instance would otherwise share with the base: its token and keyslot.
+            while (std::optional<int> slot = volume.test_passphrase(base_passphrase.view())) {
+                if (*slot == bound.keyslot) throw Error(EIO, "the new binding reuses the base passphrase");
+                volume.remove_keyslot_and_tokens(*slot);
+            }
+            instance.keyslot = bound.keyslot;
+            instance.token = bound.token;
+            instance.fingerprint = volume.fingerprint();
+            instance.uuid = volume.inspect().uuid;
+        }
+        if (instance.fingerprint == report.base_fingerprint)
+            throw Error(EIO, "instance " + final_path.string() + " still carries the base's volume key");
+
+        // Record, then publish under the next free name (another stamp may have taken this one meanwhile).
+        for (int attempt = 0;; ++attempt) {
+            std::optional<std::int64_t> reservation;
+            if (ledger) {
+                reservation = ledger->reserve(
+                    ledger_record(instance.fingerprint, ledger_image_name(final_path, base_target.partition),
+                                  instance.uuid, options.policy, "stamped"),
+                    options.max_instances_per_key);
+            }
+            try {
+                rename_no_replace(partial, final_path);
+                break;
+            } catch (const Error& e) {
+                if (reservation) ledger->release(*reservation);
+                if (e.code().value() != EEXIST || attempt >= 1000) throw;
+                final_path = instance_path(++number);
+            } catch (...) {
+                if (reservation) ledger->release(*reservation);
+                throw;
+            }
+        }
+        instance.image = final_path;
+        temporary.dismiss();
+        fsync_directory(out_dir);
+        report.instances.push_back(std::move(instance));
+    }
+    return report;
+}
+
+std::string StampReport::to_json() const {
+    JsonPtr root = json_take(json_object());
+    json_object_set_new(root.get(), "base", json_string(base.c_str()));
+    json_object_set_new(root.get(), "base_fingerprint", json_string(base_fingerprint.c_str()));
+    json_t* list = json_array();
+    for (const StampedInstance& i : instances) {
+        json_t* o = json_object();
+        json_object_set_new(o, "image", json_string(i.image.c_str()));
+        json_object_set_new(o, "uuid", json_string(i.uuid.c_str()));
+        json_object_set_new(o, "fingerprint", json_string(i.fingerprint.c_str()));
+        json_object_set_new(o, "keyslot", json_integer(i.keyslot));
+        json_object_set_new(o, "token", json_integer(i.token));
+        json_array_append_new(list, o);
+    }
+    json_object_set_new(root.get(), "instances", list);
+    return detail::json_dump(root.get(), JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+}
+
+}  // namespace luksforge
