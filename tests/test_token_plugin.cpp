@@ -161,6 +161,68 @@ TEST_CASE("the handler exports exactly the CRYPTSETUP_TOKEN_1.0 entry points") {
                                             "cryptsetup_token_version@@CRYPTSETUP_TOKEN_1.0"});
 }
 
+// The handler's entry points called directly, in a process that also has libluksforge.so loaded (the two copies of
+// the luksforge code must not see each other).
+struct HandlerAbi {
+    void* handle = dlopen(LUKSFORGE_TOKEN_PLUGIN, RTLD_NOW | RTLD_LOCAL);
+    using Open = int (*)(crypt_device*, int, char**, size_t*, void*);
+    using Free = void (*)(void*, size_t);
+    using Validate = int (*)(crypt_device*, const char*);
+    using Dump = void (*)(crypt_device*, const char*);
+    template <typename F>
+    F get(const char* name) const { return reinterpret_cast<F>(dlvsym(handle, name, CRYPT_TOKEN_ABI_VERSION1)); }
+    Open open = get<Open>(CRYPT_TOKEN_ABI_OPEN);
+    Free free = get<Free>(CRYPT_TOKEN_ABI_BUFFER_FREE);
+    Validate validate = get<Validate>(CRYPT_TOKEN_ABI_VALIDATE);
+    Dump dump = get<Dump>(CRYPT_TOKEN_ABI_DUMP);
+    ~HandlerAbi() {
+        if (handle) dlclose(handle);
+    }
+};
+
+TEST_CASE("the handler's open hands libcryptsetup the keyslot passphrase; validate and dump survive garbage") {
+    HandlerAbi abi;
+    REQUIRE(abi.handle != nullptr);
+    TangServer tang;
+    Image image;
+    luksforge_bind(image, "tang", pinned(tang));
+    SecretBuffer expected;
+    {
+        const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+        expected = clevis::unlock(volume).passphrase;
+    }
+    crypt_device* cd = nullptr;
+    REQUIRE(crypt_init(&cd, image.str().c_str()) == 0);
+    REQUIRE(crypt_load(cd, CRYPT_LUKS2, nullptr) == 0);
+    char* buffer = nullptr;
+    size_t length = 0;
+    REQUIRE(abi.open(cd, 0, &buffer, &length, nullptr) == 0);
+    REQUIRE(buffer != nullptr);
+    CHECK(expected.equals({reinterpret_cast<const std::uint8_t*>(buffer), length}));
+    abi.free(buffer, length);
+    abi.free(nullptr, 0);
+    // A token id that does not exist, and Tang down: errors that keep libcryptsetup's token loop going.
+    CHECK(abi.open(cd, 7, &buffer, &length, nullptr) == -ENOENT);
+    tang.stop();
+    CHECK(abi.open(cd, 0, &buffer, &length, nullptr) == -EAGAIN);
+    CHECK(buffer == nullptr);
+    crypt_free(cd);
+
+    CHECK(abi.validate(nullptr, nullptr) == -EINVAL);
+    const std::string deep_array(100000, '[');
+    const std::string deep_object = [] {
+        std::string s;
+        for (int i = 0; i < 20000; ++i) s += R"({"a":)";
+        return s;
+    }();
+    for (const std::string& garbage : {std::string(), std::string("{"), std::string("null"), std::string("[]"),
+                                       std::string(R"({"type":"clevis"})"), std::string(R"({"type":"clevis","keyslots":["1"],"jwe":[]})"),
+                                       deep_array, deep_object, std::string(2u << 20, ' ')}) {
+        CHECK(abi.validate(nullptr, garbage.c_str()) == -EINVAL);
+        abi.dump(nullptr, garbage.c_str());  // prints "malformed token", must not crash
+    }
+}
+
 TEST_CASE("cryptsetup open --token-only opens a luksforge tang binding through the handler") {
     HandlerDir handler;
     TangServer tang;
