@@ -25,6 +25,9 @@ std::optional<int> partition_of(int number) { return number > 0 ? std::optional<
 
 // Exit code of `audit` when a key is shared beyond the limit and --strict was given.
 constexpr int exit_shared_keys = 8;
+// Exit code of `audit --strict` when no key is over-shared but a Tang private key sits in a scanned image or a
+// binding's trusted Tang key is on the image or on this host.
+constexpr int exit_tang_keys_exposed = 9;
 
 void write_report(const std::string& path, const std::string& json) {
     if (path.empty()) return;
@@ -233,10 +236,10 @@ void register_clone(CLI::App& app) {
 
 void register_audit(CLI::App& app) {
     struct Options {
-        std::vector<std::string> paths;
+        std::vector<std::string> paths, tang_key_dirs;
         std::string ledger, policy;
         unsigned max_per_key = 0;
-        bool json = false, recursive = false, strict = false;
+        bool json = false, recursive = false, strict = false, no_tang_keys = false;
     };
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand(
@@ -249,21 +252,33 @@ void register_audit(CLI::App& app) {
     cmd->add_option("--policy", opts->policy, "Take the limit from this policy's max_instances_per_key");
     cmd->add_option("--ledger", opts->ledger, "Show what this ledger recorded for each key");
     cmd->add_flag("-r,--recursive", opts->recursive, "Descend into subdirectories");
+    cmd->add_option("--tang-key-dir", opts->tang_key_dirs,
+                    "Host Tang key directory whose private keys bindings must not trust from the same place "
+                    "(repeatable; default /var/db/tang and /var/cache/tang)");
+    cmd->add_flag("--no-tang-key-scan", opts->no_tang_keys,
+                  "Do not scan plaintext partitions for Tang private keys nor compare bindings with host keys");
     cmd->add_flag("--strict", opts->strict,
-                  "Exit with code " + std::to_string(exit_shared_keys) + " when a key is shared beyond the limit");
+                  "Exit with code " + std::to_string(exit_shared_keys) + " when a key is shared beyond the limit, " +
+                      std::to_string(exit_tang_keys_exposed) + " when Tang private keys are in an image or exposed");
     set_action(*cmd, [opts] {
         AuditOptions options;
         if (!opts->policy.empty()) options.max_per_key = Policy::load(opts->policy).max_instances_per_key;
         if (opts->max_per_key > 0) options.max_per_key = opts->max_per_key;
         if (!opts->ledger.empty()) options.ledger = opts->ledger;
         options.recursive = opts->recursive;
+        options.scan_tang_keys = !opts->no_tang_keys;
+        if (!opts->tang_key_dirs.empty())
+            options.tang_key_dirs.assign(opts->tang_key_dirs.begin(), opts->tang_key_dirs.end());
         std::vector<std::filesystem::path> paths(opts->paths.begin(), opts->paths.end());
         AuditReport report = audit(paths, options);
         if (opts->json)
             print_json(report.to_json());
         else
             std::fputs(report.to_text().c_str(), stdout);
-        return opts->strict && report.flagged_groups() > 0 ? exit_shared_keys : 0;
+        if (!opts->strict) return 0;
+        if (report.flagged_groups() > 0) return exit_shared_keys;
+        if (!report.tang_keys_in_images.empty() || !report.tang_key_exposures.empty()) return exit_tang_keys_exposed;
+        return 0;
     });
 }
 

@@ -160,6 +160,32 @@ struct AuditOptions {
     std::uint64_t max_per_key = 1;
     std::optional<std::filesystem::path> ledger;      // annotate each key with what the ledger knows
     bool recursive = false;                           // descend into subdirectories
+    // Tang kept apart from the data: scan the plaintext partitions (and unpartitioned non-LUKS images) for
+    // private JWKs (a "d" member), and compare every tang binding's trusted keys with them and with the private
+    // keys in these host directories (tangd's key directories; missing ones are ignored).
+    bool scan_tang_keys = true;
+    std::vector<std::filesystem::path> tang_key_dirs = {"/var/db/tang", "/var/cache/tang"};
+};
+
+// A private JWK found in a plaintext region of a scanned image, or in a host Tang key directory.
+struct FoundTangKey {
+    std::string location;                             // "disk.img partition 1, byte 1052672" or a host file
+    std::string image;                                // absolute image path; empty for a host key file
+    std::optional<int> partition;
+    std::optional<std::uint64_t> offset;              // byte offset of the JWK in the image
+    std::string kty, alg;                             // e.g. "EC", "ES512" (signing) or "ECMR" (exchange)
+    std::string thumbprint;                           // S256, as `jose jwk thp` and tang's kid/thp
+};
+
+// A binding whose trusted Tang key's private half is reachable: on the same image or on the audited host.
+struct TangKeyExposure {
+    std::string volume;                               // "disk.img" or "disk.img partition 2"
+    int keyslot = -1;
+    std::string url;                                  // the Tang server the binding names
+    std::string role;                                 // "signing" (its thp) or "exchange" (its kid: recovery key)
+    std::string thumbprint;
+    std::string key_location;                         // FoundTangKey::location
+    bool same_image = false;                          // the key is inside the image the binding is on
 };
 
 struct AuditedVolume {
@@ -183,6 +209,8 @@ struct AuditReport {
     std::vector<AuditedVolume> volumes;
     std::vector<AuditGroup> groups;                   // largest first
     std::vector<std::pair<std::string, std::string>> skipped;  // path, reason
+    std::vector<FoundTangKey> tang_keys_in_images;    // private JWKs inside scanned images (always a finding)
+    std::vector<TangKeyExposure> tang_key_exposures;  // bindings whose trusted key is on the image or the host
     std::size_t flagged_groups() const;
     std::string to_json() const;
     std::string to_text() const;

@@ -6,13 +6,17 @@
 #include <luksforge/luks.hpp>
 #include <luksforge/pipeline.hpp>
 
+#include "audit/tang_keys.hpp"
 #include "util/json_util.hpp"
+
+#include <luksforge/clevis.hpp>
 
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 namespace luksforge {
 namespace {
@@ -26,7 +30,97 @@ std::string absolute_string(const std::filesystem::path& path) {
     return (ec ? path : absolute.lexically_normal()).string();
 }
 
-void audit_image(const std::filesystem::path& path, AuditReport& report) {
+// One Clevis binding and the Tang keys it trusts, matched against the private keys found once every path is read.
+struct BindingTrust {
+    std::string image, volume;
+    int keyslot = -1;
+    std::vector<detail::TrustedTangKey> keys;
+};
+
+struct Scan {
+    const AuditOptions& options;
+    AuditReport& report;
+    std::vector<BindingTrust> bindings;
+};
+
+// Plaintext regions — partitions without LUKS, or the whole image when it is neither LUKS nor partitioned —
+// scanned for private JWKs.
+void scan_plaintext(const std::filesystem::path& path, const ImageProbe& probe, Scan& scan) {
+    struct Region {
+        std::optional<int> partition;
+        std::uint64_t offset = 0, size = 0;
+    };
+    std::vector<Region> regions;
+    if (!probe.luks_version && probe.table.empty()) regions.push_back({std::nullopt, 0, probe.size_bytes});
+    for (const Partition& p : probe.partitions)
+        if (!p.luks_version) regions.push_back({p.number, p.offset_bytes, p.size_bytes});
+    for (const Region& region : regions) {
+        if (region.size == 0) continue;
+        const std::string where = region.partition ? path.string() + " partition " + std::to_string(*region.partition)
+                                                   : path.string();
+        try {
+            for (detail::PrivateJwk& jwk : detail::scan_private_jwks(path, region.offset, region.size)) {
+                FoundTangKey key;
+                key.image = absolute_string(path);
+                key.partition = region.partition;
+                key.offset = jwk.offset;
+                key.location = where + ", byte " + std::to_string(jwk.offset);
+                key.kty = std::move(jwk.kty);
+                key.alg = std::move(jwk.alg);
+                key.thumbprint = std::move(jwk.thumbprint);
+                scan.report.tang_keys_in_images.push_back(std::move(key));
+            }
+        } catch (const Error& e) {
+            scan.report.skipped.emplace_back(where, std::string("Tang key scan: ") + e.what());
+        }
+    }
+}
+
+void record_bindings(const std::filesystem::path& path, const LuksTarget& target, const Volume& volume, Scan& scan) {
+    std::vector<clevis::Binding> bindings;
+    try {
+        bindings = clevis::list(volume);
+    } catch (const Error&) {
+        return;  // no readable tokens: nothing trusted to compare
+    }
+    for (const clevis::Binding& binding : bindings) {
+        if (binding.jwe.empty()) continue;
+        BindingTrust trust{absolute_string(path), target.describe(), binding.keyslot,
+                           detail::trusted_tang_keys(binding.jwe)};
+        if (!trust.keys.empty()) scan.bindings.push_back(std::move(trust));
+    }
+}
+
+// Every binding whose trusted key was found in an image or in a host key directory.
+void match_exposures(Scan& scan) {
+    std::vector<FoundTangKey> host;
+    for (const auto& dir : scan.options.tang_key_dirs) {
+        std::vector<FoundTangKey> keys = detail::host_tang_keys(dir);
+        host.insert(host.end(), keys.begin(), keys.end());
+    }
+    auto check = [&](const BindingTrust& binding, const FoundTangKey& key) {
+        for (const detail::TrustedTangKey& trusted : binding.keys) {
+            if (trusted.thumbprint != key.thumbprint) continue;
+            TangKeyExposure exposure;
+            exposure.volume = binding.volume;
+            exposure.keyslot = binding.keyslot;
+            exposure.url = trusted.url;
+            exposure.role = trusted.role;
+            exposure.thumbprint = trusted.thumbprint;
+            exposure.key_location = key.location;
+            exposure.same_image = !key.image.empty() && key.image == binding.image;
+            scan.report.tang_key_exposures.push_back(std::move(exposure));
+            return;
+        }
+    };
+    for (const BindingTrust& binding : scan.bindings) {
+        for (const FoundTangKey& key : scan.report.tang_keys_in_images) check(binding, key);
+        for (const FoundTangKey& key : host) check(binding, key);
+    }
+}
+
+void audit_image(const std::filesystem::path& path, Scan& scan) {
+    AuditReport& report = scan.report;
     ImageProbe probe;
     try {
         probe = probe_image(path);
@@ -45,6 +139,7 @@ void audit_image(const std::filesystem::path& path, AuditReport& report) {
         targets.push_back({path, p.number, p.offset_bytes, p.size_bytes});
         versions.push_back(*p.luks_version);
     }
+    if (scan.options.scan_tang_keys) scan_plaintext(path, probe, scan);
     if (targets.empty()) {
         report.skipped.emplace_back(path.string(), "no LUKS volume");
         return;
@@ -64,13 +159,15 @@ void audit_image(const std::filesystem::path& path, AuditReport& report) {
             audited.fingerprint = volume->fingerprint();
             audited.uuid = volume->inspect().uuid;
             report.volumes.push_back(std::move(audited));
+            if (scan.options.scan_tang_keys) record_bindings(path, targets[i], *volume, scan);
         } catch (const Error& e) {
             report.skipped.emplace_back(targets[i].describe(), e.what());
         }
     }
 }
 
-void audit_path(const std::filesystem::path& path, bool recursive, bool top, AuditReport& report) {
+void audit_path(const std::filesystem::path& path, bool recursive, bool top, Scan& scan) {
+    AuditReport& report = scan.report;
     std::error_code ec;
     auto status = std::filesystem::status(path, ec);
     if (ec) {
@@ -86,12 +183,12 @@ void audit_path(const std::filesystem::path& path, bool recursive, bool top, Aud
         for (const auto& entry : entries) {
             // Hidden files include stamp's unfinished instances.
             if (entry.filename().string().starts_with(".")) continue;
-            audit_path(entry, recursive, false, report);
+            audit_path(entry, recursive, false, scan);
         }
         return;
     }
     if (std::filesystem::is_regular_file(status) || std::filesystem::is_block_file(status)) {
-        audit_image(path, report);
+        audit_image(path, scan);
         return;
     }
     if (top) report.skipped.emplace_back(path.string(), "neither a file, a block device nor a directory");
@@ -117,7 +214,30 @@ AuditReport audit(const std::vector<std::filesystem::path>& paths, const AuditOp
     if (paths.empty()) throw FormatError("audit needs at least one path");
     AuditReport report;
     report.max_per_key = options.max_per_key;
-    for (const auto& path : paths) audit_path(path, options.recursive, true, report);
+    Scan scan{options, report, {}};
+    for (const auto& path : paths) audit_path(path, options.recursive, true, scan);
+    if (options.scan_tang_keys) {
+        // The same image reached twice (a path given twice, a directory and a file in it) counts once.
+        auto& keys = report.tang_keys_in_images;
+        std::stable_sort(keys.begin(), keys.end(), [](const FoundTangKey& a, const FoundTangKey& b) {
+            return std::tie(a.image, a.offset) < std::tie(b.image, b.offset);
+        });
+        keys.erase(std::unique(keys.begin(), keys.end(),
+                               [](const FoundTangKey& a, const FoundTangKey& b) {
+                                   return a.image == b.image && a.offset == b.offset;
+                               }),
+                   keys.end());
+        auto& bindings = scan.bindings;
+        std::stable_sort(bindings.begin(), bindings.end(), [](const BindingTrust& a, const BindingTrust& b) {
+            return std::tie(a.volume, a.keyslot) < std::tie(b.volume, b.keyslot);
+        });
+        bindings.erase(std::unique(bindings.begin(), bindings.end(),
+                                   [](const BindingTrust& a, const BindingTrust& b) {
+                                       return a.volume == b.volume && a.keyslot == b.keyslot;
+                                   }),
+                       bindings.end());
+        match_exposures(scan);
+    }
 
     std::map<std::string, AuditGroup> groups;
     for (const AuditedVolume& v : report.volumes) {
@@ -185,6 +305,31 @@ std::string AuditReport::to_json() const {
         json_array_append_new(skipped_list, o);
     }
     json_object_set_new(r, "skipped", skipped_list);
+    json_t* key_list = json_array();
+    for (const FoundTangKey& k : tang_keys_in_images) {
+        json_t* o = json_object();
+        json_object_set_new(o, "image", json_string(k.image.c_str()));
+        json_object_set_new(o, "partition", k.partition ? json_integer(*k.partition) : json_null());
+        json_object_set_new(o, "offset", k.offset ? json_integer(static_cast<json_int_t>(*k.offset)) : json_null());
+        json_object_set_new(o, "kty", json_string(k.kty.c_str()));
+        json_object_set_new(o, "alg", json_string(k.alg.c_str()));
+        json_object_set_new(o, "thumbprint", json_string(k.thumbprint.c_str()));
+        json_array_append_new(key_list, o);
+    }
+    json_object_set_new(r, "tang_keys_in_images", key_list);
+    json_t* exposure_list = json_array();
+    for (const TangKeyExposure& x : tang_key_exposures) {
+        json_t* o = json_object();
+        json_object_set_new(o, "volume", json_string(x.volume.c_str()));
+        json_object_set_new(o, "keyslot", json_integer(x.keyslot));
+        json_object_set_new(o, "url", json_string(x.url.c_str()));
+        json_object_set_new(o, "role", json_string(x.role.c_str()));
+        json_object_set_new(o, "thumbprint", json_string(x.thumbprint.c_str()));
+        json_object_set_new(o, "key_location", json_string(x.key_location.c_str()));
+        json_object_set_new(o, "same_image", json_boolean(x.same_image));
+        json_array_append_new(exposure_list, o);
+    }
+    json_object_set_new(r, "tang_key_exposures", exposure_list);
     return detail::json_dump(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 }
 
@@ -201,6 +346,13 @@ std::string AuditReport::to_text() const {
         for (const AuditedVolume& v : g.members) out << "         " << describe(v) << "\n";
     }
     for (const auto& [path, reason] : skipped) out << "skipped " << path << ": " << reason << "\n";
+    for (const FoundTangKey& k : tang_keys_in_images)
+        out << "TANG PRIVATE KEY in " << k.location << ": " << k.kty << (k.alg.empty() ? "" : " " + k.alg)
+            << " key " << k.thumbprint << " (a Tang key must never travel with the data it protects)\n";
+    for (const TangKeyExposure& x : tang_key_exposures)
+        out << "EXPOSED " << x.volume << " keyslot " << x.keyslot << ": the " << x.role << " key " << x.thumbprint
+            << " of " << x.url << " it trusts is " << (x.same_image ? "on the same image, " : "on this host, ")
+            << x.key_location << "\n";
     return out.str();
 }
 

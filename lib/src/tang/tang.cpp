@@ -362,8 +362,17 @@ Advertisement parse_advertisement(std::string_view json, std::string_view extra_
 
     std::size_t index;
     json_t* key;
-    json_array_foreach(verify.get(), index, key) adv.signing_thumbprints.push_back(detail::jose_thumbprint(key));
-    json_array_foreach(derive.get(), index, key) adv.exchange_thumbprints.push_back(detail::jose_thumbprint(key));
+    // A key without a thumbprint (e.g. an EC key missing "crv") can be neither pinned nor named by a kid: refuse
+    // the advertisement instead of listing an empty thumbprint (found by fuzz/fuzz_advertisement).
+    auto thumbprint_of = [](const json_t* k, const char* role, std::size_t i) {
+        std::string thp = detail::jose_thumbprint(k);
+        if (thp.empty())
+            throw FormatError("Tang advertisement: " + std::string(role) + " key " + std::to_string(i + 1) +
+                              " is not a valid JWK (no thumbprint can be computed)");
+        return thp;
+    };
+    json_array_foreach(verify.get(), index, key) adv.signing_thumbprints.push_back(thumbprint_of(key, "signing", index));
+    json_array_foreach(derive.get(), index, key) adv.exchange_thumbprints.push_back(thumbprint_of(key, "exchange", index));
     adv.keys_json = detail::json_dump(keys_set.get(), JSON_COMPACT | JSON_SORT_KEYS);
     return adv;
 }
