@@ -31,9 +31,12 @@ build_root() {  # DIR
     log "building the Debian root file system with mmdebstrap (several minutes)"
     tmp=$(mktemp -d /tmp/luksforge-debroot.XXXXXX)
     { declare -f customize; echo 'customize "$1"'; } >"$tmp/customize.sh"
-    mmdebstrap --variant=minbase --mode=root --include="$packages" \
-      --customize-hook="bash $tmp/customize.sh \"\$1\"" \
-      bookworm "$tmp/root" "$(apt_sources)" >&2 || { rm -rf "$tmp"; boot_die "mmdebstrap failed"; }
+    # mmdebstrap hands apt a pipe by number to `sh -c 'cat >&N'`; dash only understands N <= 9, so the pipe must
+    # not land above fd 9 behind descriptors this shell inherited (the cache lock, a CI runner's, a job wrapper's).
+    ( close_inherited_fds
+      exec mmdebstrap --variant=minbase --mode=root --include="$packages" \
+        --customize-hook="bash $tmp/customize.sh \"\$1\"" \
+        bookworm "$tmp/root" "$(apt_sources)" ) >&2 || { rm -rf "$tmp"; boot_die "mmdebstrap failed"; }
     rm -rf "$dir"; mkdir -p "$dir"
     cp "$tmp"/root/boot/vmlinuz-* "$dir/vmlinuz"
     cp "$tmp"/root/boot/initrd.img-* "$dir/initrd.img"
@@ -46,6 +49,15 @@ build_root() {  # DIR
   exec 8>&-
   echo "$dir"
 }
+# Close every descriptor above stderr in this (sub)shell.
+close_inherited_fds() {
+  local fd
+  for fd in /proc/$BASHPID/fd/*; do
+    fd=${fd##*/}
+    ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null || true
+  done
+}
+
 # The host's Debian sources (deb822 or one-line), as mmdebstrap takes them: a file name.
 apt_sources() {
   local f
