@@ -3,7 +3,12 @@
 # mmdebstrap (cryptsetup-initramfs, clevis-initramfs), sealed by `luksforge seal`, boots unattended through
 # Debian's own kernel and initramfs: clevis in the initramfs reaches Tang (tang1 = 10.0.2.100 through qemu's
 # guestfwd), unlocks the root volume, and the real root's /usr/local/sbin/lfb-proof (booted as init) reports.
-# Runs only with LUKSFORGE_BOOT_FULL=1 (else exits 77 = skipped). Usage: full-debian.sh --cli PATH [--keep]
+# Runs only with LUKSFORGE_BOOT_FULL=1 (else exits 77 = skipped).
+# Usage: full-debian.sh --cli PATH [--keep] [--unlock clevis|token --token-handler PATH]
+# --unlock token: the same sealed root, but its initramfs is rebuilt (update-initramfs in the copied root) without
+# Clevis's initramfs scripts and with luksforge's token handler and hooks (token-plugin/): Debian's own cryptroot
+# runs `cryptsetup open`, libcryptsetup asks libcryptsetup-token-clevis.so, which reaches Tang. crypttab:
+# `root /dev/vda none luks,initramfs,keyscript=/bin/true,tries=30` (see token-plugin/README.md).
 # The root file system image (and the kernel and initramfs made inside it) is cached in
 # $LUKSFORGE_BOOT_CACHE/debian-root/<recipe hash>/; each run copies it, encrypts it in place with
 # `cryptsetup reencrypt --encrypt` under a build passphrase (what an image pipeline leaves), seals and boots it.
@@ -108,6 +113,8 @@ PROOF
 }
 
 CLI=""
+HANDLER=""
+unlock=clevis
 keep=${LUKSFORGE_BOOT_KEEP:-0}
 if [[ -z ${LUKSFORGE_BOOT_NETNS:-} ]]; then
   [[ $(id -u) == 0 ]] || boot_die "needs root"
@@ -120,20 +127,25 @@ while (($#)); do
   case $1 in
     --cli) CLI=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --unlock) unlock=$2; shift 2 ;;
+    --token-handler) HANDLER=$2; shift 2 ;;
     *) boot_die "unknown argument $1" ;;
   esac
 done
 [[ -x $CLI ]] || boot_die "--cli PATH: the luksforge CLI to test"
+[[ $unlock == clevis || ( $unlock == token && -f $HANDLER ) ]] || boot_die "--unlock clevis, or --unlock token --token-handler PATH"
 
 work=$(mktemp -d /tmp/luksforge-fullboot.XXXXXX)
 tang_pid=""
+mnt="$work/mnt"
 cleanup() {
   [[ -n $tang_pid ]] && kill "$tang_pid" 2>/dev/null
+  mountpoint -q "$mnt" 2>/dev/null && umount -R "$mnt"  # the loop device goes with it (autoclear)
   if [[ $keep == 1 ]]; then log "work directory kept: $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT  # still runs the EXIT trap: no tangd/socat left behind
-fail() { echo "FAIL: boot_debian_root — $*"; echo "boot proof (Debian root): 0 passed, 1 failed"; exit 1; }
+fail() { echo "FAIL: boot_debian_root ($unlock) — $*"; echo "boot proof (Debian root): 0 passed, 1 failed"; exit 1; }
 
 # Private network: tang1 is 127.0.0.1 here (for seal's verification), 10.0.2.100 in the guest.
 ip link set lo up
@@ -150,6 +162,45 @@ pass="$work/build.pass"
 head -c 24 /dev/urandom | base64 | tr -d '\n' >"$pass"; chmod 600 "$pass"
 token=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 cp --sparse=always "$DEBROOT/root.ext4" "$disk" || fail "no cached root file system in $DEBROOT"
+initrd="$DEBROOT/initrd.img"
+
+# --unlock token: swap Clevis's initramfs integration for luksforge's token handler in the copied root and rebuild
+# its initramfs there, as installing the handler and removing clevis-initramfs would.
+make_token_initrd() {
+  local i kver tokdir=/usr/lib/x86_64-linux-gnu/cryptsetup
+  mkdir -p "$mnt"
+  for i in 1 2 3 4 5; do  # loop devices are shared with other tests: retry briefly when none is free
+    mount -o loop "$disk" "$mnt" 2>"$work/mount.err" && break
+    sleep 2
+  done
+  mountpoint -q "$mnt" || { cat "$work/mount.err"; fail "could not loop-mount the root file system"; }
+  install -D -m 644 "$HANDLER" "$mnt$tokdir/libcryptsetup-token-clevis.so"
+  install -D -m 755 "$here/../../token-plugin/initramfs-tools/hooks/luksforge-token-clevis" \
+    "$mnt/usr/share/initramfs-tools/hooks/luksforge-token-clevis"
+  install -D -m 755 "$here/../../token-plugin/initramfs-tools/scripts/local-top/luksforge-token-clevis" \
+    "$mnt/usr/share/initramfs-tools/scripts/local-top/luksforge-token-clevis"
+  rm -f "$mnt"/usr/share/initramfs-tools/hooks/clevis "$mnt"/usr/share/initramfs-tools/scripts/local-*/clevis
+  echo 'root /dev/vda none luks,initramfs,keyscript=/bin/true,tries=30' >"$mnt/etc/crypttab"
+  for i in proc sys dev; do mount --bind "/$i" "$mnt/$i"; done
+  # mkinitramfs works in and writes to a tmpfs: the root image has little free space, and its own /boot stays as is.
+  mount -t tmpfs -o size=512M tmpfs "$mnt/var/tmp"
+  kver=$(basename "$(ls "$mnt"/boot/vmlinuz-* | head -n1)"); kver=${kver#vmlinuz-}
+  chroot "$mnt" env TMPDIR=/var/tmp mkinitramfs -o /var/tmp/initrd.img "$kver" >"$work/mkinitramfs.log" 2>&1 ||
+    { cat "$work/mkinitramfs.log"; fail "mkinitramfs failed"; }
+  chroot "$mnt" lsinitramfs /var/tmp/initrd.img >"$work/initrd.list"
+  cp "$mnt/var/tmp/initrd.img" "$work/initrd.img"
+  umount -R "$mnt"
+  grep -q "cryptsetup/libcryptsetup-token-clevis.so$" "$work/initrd.list" || fail "the handler is not in the rebuilt initramfs"
+  grep -q "scripts/local-top/luksforge-token-clevis$" "$work/initrd.list" || fail "the network script is not in the initramfs"
+  if grep -v 'token-clevis' "$work/initrd.list" | grep -E 'clevis|/jose$|luksmeta'; then
+    fail "Clevis is still in the rebuilt initramfs"
+  fi
+  initrd="$work/initrd.img"
+}
+if [[ $unlock == token ]]; then
+  log "rebuilding the root's initramfs with the clevis token handler and without Clevis"
+  make_token_initrd
+fi
 echo "$token" >"$work/token"
 debugfs -w -R "write $work/token etc/luksforge-boot-token" "$disk" >/dev/null 2>&1 || fail "could not write the token"
 truncate -s +32M "$disk"
@@ -174,7 +225,7 @@ log "booting Debian from the sealed disk ($accel)"
 start=$SECONDS
 timeout --kill-after=10 900 qemu-system-x86_64 -machine "q35,accel=$accel" -cpu "$cpu" -m 1024 -smp 1 -nographic \
   -no-reboot -nodefaults -serial stdio -monitor none \
-  -kernel "$DEBROOT/vmlinuz" -initrd "$DEBROOT/initrd.img" \
+  -kernel "$DEBROOT/vmlinuz" -initrd "$initrd" \
   -append "root=/dev/mapper/root ro console=ttyS0 panic=-1 ip=::::luksforge-full:eth0:dhcp net.ifnames=0 init=/usr/local/sbin/lfb-proof" \
   -netdev "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:$here/tang-fwd $work/tang1 $work/tangd-guest.log" \
   -device virtio-net-pci,netdev=net0,romfile= -device virtio-rng-pci \
@@ -187,5 +238,12 @@ if [[ $(value token) != "$token" || $(value root.source) != /dev/mapper/root || 
   fail "Debian did not boot from its sealed root (token '$(value token)', root '$(value root.source)', dm '$(value dm.root)')"
 fi
 grep -q 'POST /rec/' "$work/tangd-guest.log" || fail "the guest never asked tang1 to recover a key"
-echo "PASS: Debian 12 root on a luksforge-sealed LUKS2 volume booted unattended through Debian's initramfs (clevis + Tang)"
+if [[ $unlock == token ]]; then
+  # What opened the root: cryptroot's cryptsetup, whose only way in was the handler (the sealed disk has no
+  # passphrase slot, the initramfs no Clevis); its success line is in the serial log.
+  grep -q 'root: set up successfully' <<<"$serial" || fail "cryptroot did not report opening the root"
+  echo "PASS: Debian 12 root on a luksforge-sealed LUKS2 volume booted unattended through Debian's cryptroot and libcryptsetup-token-clevis.so (no Clevis in the initramfs)"
+else
+  echo "PASS: Debian 12 root on a luksforge-sealed LUKS2 volume booted unattended through Debian's initramfs (clevis + Tang)"
+fi
 echo "boot proof (Debian root): 1 passed, 0 failed"
