@@ -93,7 +93,7 @@ void register_seal(CLI::App& app) {
         std::string image, policy, report, ledger;
         SecretOption build;
         int partition = 0;
-        bool no_ledger = false, quiet = false;
+        bool no_ledger = false, quiet = false, copy = false;
     };
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand(
@@ -110,6 +110,9 @@ void register_seal(CLI::App& app) {
     cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
     cmd->add_flag("--no-ledger", opts->no_ledger, "Do not record the sealed key in a ledger");
     cmd->add_flag("-q,--quiet", opts->quiet, "No progress messages");
+    cmd->add_flag("--copy", opts->copy,
+                  "Allow a copy: write the sealed image in one pass next to IMAGE and rename it over IMAGE (faster; "
+                  "needs room for a second image; falls back to sealing in place where a copy is not possible)");
     set_action(*cmd, [opts] {
         Policy policy = Policy::load(opts->policy);
         policy.require_valid();
@@ -120,6 +123,7 @@ void register_seal(CLI::App& app) {
         options.partition = partition_of(opts->partition);
         options.pin_options = policy.pin_options();
         options.keyslot_pbkdf = policy.keyslot_pbkdf;
+        options.copy = opts->copy;
         if (!opts->no_ledger) options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
         auto bar = std::make_shared<ProgressBar>("re-encrypting");
         if (!opts->quiet) {
@@ -130,6 +134,8 @@ void register_seal(CLI::App& app) {
         refuse_binding_that_does_not_fit(policy, opts->image, options.partition);
         SealReport report = seal(opts->image, build, options);
         bar->finish();
+        if (!report.data_path_note.empty() && !opts->quiet)
+            std::fprintf(stderr, "seal: %s\n", report.data_path_note.c_str());
         write_report(opts->report, report.to_json());
         if (report.already_sealed)
             std::fprintf(stderr, "%s is already sealed (keyslot %d, verified through Tang)\n", report.image.c_str(),
@@ -146,7 +152,7 @@ void register_stamp(CLI::App& app) {
         std::string base, out, ledger, policy, report;
         std::size_t count = 0;
         int partition = 0;
-        bool drop_other_keyslots = false, json = false;
+        bool drop_other_keyslots = false, json = false, dense = false, libcryptsetup = false;
     };
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand(
@@ -162,10 +168,16 @@ void register_stamp(CLI::App& app) {
         ->check(CLI::PositiveNumber);
     cmd->add_flag("--drop-other-keyslots", opts->drop_other_keyslots,
                   "Drop keyslots of the base other than its Clevis binding");
+    cmd->add_flag("--dense", opts->dense,
+                  "Write every sector of the data area, also where the base has holes (default: holes stay holes)");
+    cmd->add_flag("--libcryptsetup", opts->libcryptsetup,
+                  "Re-key each instance with libcryptsetup's re-encryption instead of the one-pass data path");
     cmd->add_option("--report", opts->report, "Write the JSON report to FILE ('-' = stdout)");
     cmd->add_flag("--json", opts->json, "Print the JSON report on stdout");
     set_action(*cmd, [opts] {
         StampOptions options;
+        options.keep_holes = !opts->dense;
+        options.one_pass = !opts->libcryptsetup;
         options.partition = partition_of(opts->partition);
         options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
         options.drop_other_keyslots = opts->drop_other_keyslots;
@@ -189,6 +201,8 @@ void register_stamp(CLI::App& app) {
             std::fprintf(stderr, "luksforge: error: %s\n", e.what());
             return exit_shared_keys;
         }
+        if (!opts->libcryptsetup && !report.data_path_note.empty())
+            std::fprintf(stderr, "stamp: %s; used libcryptsetup re-encryption\n", report.data_path_note.c_str());
         write_report(opts->report, report.to_json());
         if (opts->json) print_json(report.to_json());
         return 0;

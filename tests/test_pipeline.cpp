@@ -484,6 +484,7 @@ TEST_CASE("stamp 5 instances: distinct keys, identical data, sparse 0600 files, 
     json_t* report = load_json(stamped.out);
     CHECK(json_array_size(json_object_get(report, "instances")) == 5);
     CHECK(str(report, "base_fingerprint") == base_fingerprint);
+    CHECK(str(report, "data_path") == "one-pass");  // the whole-disk GPT base: aes-xts-plain64
     json_decref(report);
 
     // A second stamp continues the numbering and never overwrites.
@@ -634,4 +635,124 @@ TEST_CASE("seal refuses, before writing anything, a policy whose token would not
     CHECK(result.err.find("do not fit") != std::string::npos);
     CHECK(read_file_bytes(c.image) == before);
     check_no_loop_left(c.image);
+}
+
+TEST_CASE("seal --copy: one pass into a new file renamed over the image; kill -9 before the rename changes nothing") {
+    Env env;
+    Candidate tmpl = make_candidate(env.dir / "template.img");
+    const std::string before = fingerprint_of(tmpl);
+    const std::string original_bytes = sha256_file(tmpl.image);
+    const auto partials = [&] {
+        std::size_t n = 0;
+        for (const auto& entry : fs::directory_iterator(env.dir.path()))
+            if (entry.path().filename().string().ends_with(".partial")) ++n;
+        return n;
+    };
+    Candidate c = copy_candidate(tmpl, env.dir / "copy.img");
+    for (const std::string step : {"one-pass-data-written", "one-pass-header-written"}) {
+        CAPTURE(step);
+        ::setenv("LUKSFORGE_CRASH_AT", step.c_str(), 1);
+        const RunResult crashed = env.seal(c.image, {"--copy"});
+        ::unsetenv("LUKSFORGE_CRASH_AT");
+        CHECK_MESSAGE(crashed.exit_code == 128 + 9, crashed.err);
+        check_no_loop_left(c.image);
+        CHECK(sha256_file(c.image) == original_bytes);  // only read
+        LoopDevice loop(c.image, c.offset, c.size);
+        CHECK(build_opens(loop.path()));
+    }
+    CHECK(partials() >= 1);  // left by the killed runs, removed by the next one
+
+    RunResult sealed = env.seal(c.image, {"--copy", "--report", "-"});
+    REQUIRE_MESSAGE(sealed.exit_code == 0, sealed.err);
+    CHECK(partials() == 0);
+    check_no_loop_left(c.image);
+    check_sealed(c, before);
+    CHECK(read_file_bytes(c.image, 0, kMiB) == read_file_bytes(tmpl.image, 0, kMiB));  // partition table
+    json_t* report = load_json(sealed.out);
+    CHECK(str(report, "data_path") == "one-pass copy");
+    CHECK(str(report, "fingerprint_after") == fingerprint_of(c));
+    CHECK(json_array_size(json_object_get(report, "checks_passed")) == 3);
+    json_decref(report);
+    CHECK(Ledger::open(env.ledger).records(fingerprint_of(c)).size() == 1);
+
+    // Killed right after the rename: already sealed.
+    Candidate late = copy_candidate(tmpl, env.dir / "late.img");
+    ::setenv("LUKSFORGE_CRASH_AT", "copy-renamed", 1);
+    const RunResult crashed = env.seal(late.image, {"--copy"});
+    ::unsetenv("LUKSFORGE_CRASH_AT");
+    CHECK(crashed.exit_code == 128 + 9);
+    RunResult rerun = env.seal(late.image, {"--copy"});
+    CHECK_MESSAGE(rerun.exit_code == 0, rerun.err);
+    CHECK(rerun.err.find("already sealed") != std::string::npos);
+    check_sealed(late, before);
+}
+
+TEST_CASE("stamp: one pass by default (holes kept unless --dense), libcryptsetup for ciphers it does not implement") {
+    Env env;
+    const auto sealed_bare_base = [&](const fs::path& image, const std::vector<std::string>& cipher) {
+        make_sparse_file(image, 40 * kMiB);
+        std::vector<std::string> format{"cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
+                                        "--pbkdf-force-iterations", "1000", "--key-file", "-"};
+        format.insert(format.end(), cipher.begin(), cipher.end());
+        format.push_back(image.string());
+        run_ok(format, kBuild);
+        // 4 MiB of data at the start of the data area, the rest never written (a hole).
+        run_ok({"dd", "if=/dev/urandom", "of=" + image.string(), "bs=1M", "seek=16", "count=4", "conv=notrunc",
+                "status=none"});
+        // Sealed by a one-pass copy, which keeps holes (libcryptsetup's re-encryption in place writes them all).
+        RunResult sealed = env.seal(image, {"--copy"});
+        REQUIRE_MESSAGE(sealed.exit_code == 0, sealed.err);
+    };
+    const auto plain_of = [](const fs::path& image) {
+        Volume volume = Volume::open(image, Volume::Access::read_only);
+        clevis::Unlocked unlocked = clevis::unlock(volume);
+        SecretBuffer key = volume.volume_key(unlocked.passphrase.view(), unlocked.keyslot);
+        const Inspection info = volume.inspect();
+        return sha256_hex(decrypt_xts_plain64(read_file_bytes(image, info.data_offset_bytes, 4 * kMiB), key, info.sector_size));
+    };
+
+    const fs::path xts = env.dir / "xts.img";
+    sealed_bare_base(xts, {});
+    const std::string plain = plain_of(xts);
+    for (const bool dense : {false, true}) {
+        CAPTURE(dense);
+        const fs::path out = env.dir / (dense ? "dense" : "sparse");
+        std::vector<std::string> args{"stamp", xts.string(), "--count", "1", "--out", out.string(), "--ledger",
+                                      env.ledger.string(), "--json"};
+        if (dense) args.push_back("--dense");
+        RunResult stamped = run_cli(args);
+        REQUIRE_MESSAGE(stamped.exit_code == 0, stamped.err);
+        json_t* report = load_json(stamped.out);
+        CHECK(str(report, "data_path") == "one-pass");
+        const json_int_t holes = json_integer_value(json_object_get(report, "hole_bytes_per_instance"));
+        const json_int_t data = json_integer_value(json_object_get(report, "data_bytes_per_instance"));
+        CHECK(data + holes == static_cast<json_int_t>(24 * kMiB));
+        CHECK(holes == (dense ? 0 : static_cast<json_int_t>(20 * kMiB)));
+        json_decref(report);
+        const fs::path instance = out / "xts-0001.img";
+        struct stat st{};
+        REQUIRE(::stat(instance.c_str(), &st) == 0);
+        CHECK((st.st_mode & 0777) == 0600);
+        // The header area (libcryptsetup fills the 16 MiB keyslots area with random bytes) and the 4 MiB of data.
+        const std::uint64_t allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
+        if (dense) CHECK(allocated >= 40 * kMiB);
+        else CHECK(allocated <= 21 * kMiB);
+        CHECK(plain_of(instance) == plain);
+        CHECK(any_clevis_opens(instance));
+    }
+
+    const fs::path cbc = env.dir / "cbc.img";
+    sealed_bare_base(cbc, {"--cipher", "aes-cbc-essiv:sha256", "--key-size", "256"});
+    RunResult stamped = run_cli({"stamp", cbc.string(), "--count", "1", "--out", (env.dir / "cbc").string(),
+                                 "--ledger", env.ledger.string(), "--json"});
+    REQUIRE_MESSAGE(stamped.exit_code == 0, stamped.err);
+    CHECK(stamped.err.find("cbc-essiv") != std::string::npos);
+    CHECK(stamped.err.find("used libcryptsetup re-encryption") != std::string::npos);
+    json_t* report = load_json(stamped.out);
+    CHECK(str(report, "data_path") == "libcryptsetup");
+    json_decref(report);
+    const fs::path instance = env.dir / "cbc" / "cbc-0001.img";
+    CHECK(any_clevis_opens(instance));
+    CHECK(Volume::open(instance, Volume::Access::read_only).fingerprint() !=
+          Volume::open(cbc, Volume::Access::read_only).fingerprint());
 }

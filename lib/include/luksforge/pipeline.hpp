@@ -62,9 +62,16 @@ struct SealOptions {
     std::function<void(const std::string&)> on_step;
     // Re-encryption progress.
     std::function<void(std::uint64_t done, std::uint64_t total)> on_progress;
-    // Re-encrypt in chunks of at most this many bytes (0 = libcryptsetup's default; the test hook
+    // Re-encrypt in place in chunks of at most this many bytes (0 = 32 MiB: bounded memory, libcryptsetup's
+    // own default hotzone would hold up to 1 GiB of the image in memory; the test hook
     // LUKSFORGE_CRASH_AT=rekey-progress uses 4 MiB so that a crash lands between two chunks).
     std::uint64_t rekey_hotzone_bytes = 0;
+    // Allow a copy: write the sealed image in one pass into a new file next to it (multi-core AES-XTS, read
+    // and written once), bind and verify its header, fsync, and atomically rename it over the image. Needs room
+    // for a second image; a crash at any point leaves the original untouched (or the finished, sealed copy).
+    // Falls back to sealing in place (reason in SealReport::data_path_note) for block devices, ciphers the
+    // one-pass path does not implement, and images with an unfinished in-place seal.
+    bool copy = false;
 };
 
 struct SealReport {
@@ -85,6 +92,8 @@ struct SealReport {
     std::vector<std::pair<std::string, double>> timings_seconds;  // per step
     PolicySource policy;
     std::string finished_at;          // UTC ISO 8601
+    std::string data_path;            // "one-pass copy" or "libcryptsetup in place"
+    std::string data_path_note;       // why a requested copy fell back to sealing in place; empty otherwise
 
     std::string to_json() const;
 };
@@ -114,6 +123,13 @@ struct StampOptions {
     // Drop keyslots of the base other than its clevis binding (they cannot follow the new volume key).
     bool drop_other_keyslots = false;
     std::function<void(const std::filesystem::path& instance, std::size_t index, std::size_t count)> on_instance;
+    // The one-pass data path (read the base once, decrypt with its key, encrypt with the instance's on every
+    // core); false = libcryptsetup re-encryption of a sparse copy, also the fallback for ciphers the one-pass
+    // path does not implement (the reason is in StampReport::data_path_note).
+    bool one_pass = true;
+    // One-pass only: sectors that are holes in the base stay holes (they reveal what the base reveals: which
+    // sectors were never written). false writes every sector, as libcryptsetup does.
+    bool keep_holes = true;
 };
 
 struct StampedInstance {
@@ -128,14 +144,20 @@ struct StampReport {
     std::string base;
     std::string base_fingerprint;
     std::vector<StampedInstance> instances;
+    std::string data_path;            // "one-pass" or "libcryptsetup"
+    std::string data_path_note;       // why the one-pass path was not used; empty when it was
+    std::uint64_t data_bytes = 0;     // one-pass: bytes re-encrypted per instance
+    std::uint64_t hole_bytes = 0;     // one-pass: bytes of the data area left as holes per instance
     std::string to_json() const;
 };
 
 // Write `count` instances of the sealed `base` into `out_dir` (created if missing) as
-// `<base stem>-0001.img`, `-0002`, ... continuing after the highest number already there. Each is a sparse
-// copy created 0600, re-keyed with the base binding's passphrase (recovered through Tang), bound to its own
-// fresh passphrase and token, verified through Tang, and stripped of the inherited keyslot. An instance is
-// written under a hidden temporary name and renamed only when complete.
+// `<base stem>-0001.img`, `-0002`, ... continuing after the highest number already there. Each is created
+// 0600 under a hidden temporary name: the one-pass path re-encrypts the base's data area into it with a fresh
+// volume key (everything outside the LUKS2 volume copied as it is), formats and binds its header apart (its own
+// fresh passphrase and token, verified through Tang; the base binding's passphrase is recovered through Tang
+// once) and writes that header last; the libcryptsetup path re-keys a sparse copy, binds, verifies and strips
+// the inherited keyslot. Either way an instance is renamed into place only when complete.
 StampReport stamp(const std::filesystem::path& base, std::size_t count, const std::filesystem::path& out_dir,
                   const StampOptions& options);
 

@@ -2,6 +2,7 @@
 // configuration that binds to the same servers and advertisements (for stamping instances of a base).
 #include "pipeline/pipeline_internal.hpp"
 
+#include <luksforge/clevis.hpp>
 #include <luksforge/error.hpp>
 #include <luksforge/secret.hpp>
 #include <luksforge/tang.hpp>
@@ -101,6 +102,19 @@ std::optional<Token> clevis_token_for(const Volume& volume, int keyslot) {
         if (token.type == "clevis" && std::find(token.keyslots.begin(), token.keyslots.end(), keyslot) != token.keyslots.end())
             return token;
     return std::nullopt;
+}
+
+void fill_binding_report(SealReport& report, const Volume& volume, int keyslot) {
+    report.keyslot = keyslot;
+    if (auto token = clevis_token_for(volume, keyslot)) {
+        report.token = token->id;
+        std::string compact = clevis::token_to_compact(token->json);
+        auto [pin, config] = clevis::describe_jwe(compact);
+        report.pin = pin;
+        report.pin_config = config;
+        report.servers.clear();
+        detail::collect_servers(compact, report.servers);
+    }
 }
 
 }  // namespace luksforge::detail

@@ -79,6 +79,9 @@ private:
 // Rename without ever replacing an existing file (Error with EEXIST when `to` exists).
 void rename_no_replace(const std::filesystem::path& from, const std::filesystem::path& to);
 
+// Remove hidden `.NAME.PID.partial` files in `dir` whose process is gone (killed mid-instance or mid-copy).
+void remove_stale_partials(const std::filesystem::path& dir);
+
 // --- binding_info.cpp ---------------------------------------------------------------------------------------
 
 // The Tang servers (URL, exchange and signing thumbprints) a Clevis JWE depends on, sss children included.
@@ -89,6 +92,9 @@ std::pair<std::string, JsonPtr> config_from_jwe(std::string_view compact_jwe, in
 
 // The clevis token assigned to `keyslot`, if any.
 std::optional<Token> clevis_token_for(const Volume& volume, int keyslot);
+
+// The binding part of a seal report (keyslot, token, pin, config, servers) from the token of `keyslot`.
+void fill_binding_report(SealReport& report, const Volume& volume, int keyslot);
 
 // --- seal_state.cpp -----------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 // the header's seal state first, so a rerun after a crash finishes from where it stopped. Read seal() and
 // SealRun::run() first: they are the list of steps below.
 #include "pipeline/pipeline_internal.hpp"
+#include "pipeline/seal_copy.hpp"
 
 #include <luksforge/clevis.hpp>
 #include <luksforge/error.hpp>
@@ -15,6 +16,7 @@ namespace luksforge {
 
 using detail::clevis_token_for;
 using detail::crash_point;
+using detail::fill_binding_report;
 using detail::JsonPtr;
 using detail::json_take;
 using detail::SealState;
@@ -31,19 +33,6 @@ int first_free_keyslot(const Volume& volume) {
     throw FormatError("no free keyslot in " + volume.path().string());
 }
 
-void fill_binding_report(SealReport& report, const Volume& volume, int keyslot) {
-    report.keyslot = keyslot;
-    if (auto token = clevis_token_for(volume, keyslot)) {
-        report.token = token->id;
-        std::string compact = clevis::token_to_compact(token->json);
-        auto [pin, config] = clevis::describe_jwe(compact);
-        report.pin = pin;
-        report.pin_config = config;
-        report.servers.clear();
-        detail::collect_servers(compact, report.servers);
-    }
-}
-
 // One seal of one volume: the steps in the order seal reaches them. Each step runs only when the state
 // record says it is due, and moves the record on when it is done.
 class SealRun {
@@ -54,6 +43,16 @@ public:
     SealReport run(const std::filesystem::path& image) {
         start_report(image);
         std::optional<SealState> found = detail::read_state(volume_);
+        report_.data_path = "libcryptsetup in place";
+        if (options_.copy) {
+            // Where a copy is allowed, a fresh seal is one pass into a new file (seal_copy.cpp).
+            if (found) {
+                report_.data_path_note = "an interrupted in-place seal is finished in place";
+            } else if (std::optional<SealReport> sealed = detail::seal_by_copy(
+                           image, target_, volume_, build_passphrase_, options_, report_.data_path_note)) {
+                return std::move(*sealed);
+            }
+        }
         if (!found) {
             // Nothing in progress and the build passphrase is gone: sealed before, if a binding opens it.
             if (!volume_.test_passphrase(build_passphrase_.view())) return confirm_sealed_before();
@@ -366,6 +365,8 @@ std::string SealReport::to_json() const {
     json_object_set_new(policy_json, "sha256", optional_string(policy.sha256));
     json_object_set_new(r, "policy", policy_json);
     json_object_set_new(r, "finished_at", json_string(finished_at.c_str()));
+    json_object_set_new(r, "data_path", json_string(data_path.c_str()));
+    json_object_set_new(r, "data_path_note", optional_string(data_path_note));
     return detail::json_dump(r, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 }
 

@@ -1,5 +1,6 @@
 // stamp: N instances of a sealed base image, each re-keyed to its own volume key with its own verified
 // binding; recorded in the ledger and published under the next free NAME-NNNN.img.
+#include "pipeline/one_pass_instance.hpp"
 #include "pipeline/pipeline_internal.hpp"
 
 #include <luksforge/clevis.hpp>
@@ -11,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <variant>
 
 namespace luksforge {
 
@@ -24,27 +26,11 @@ using detail::ledger_record;
 using detail::read_state;
 using detail::rekey_to_completion;
 using detail::remove_dead_clevis_tokens;
+using detail::remove_stale_partials;
 using detail::rename_no_replace;
 using detail::TemporaryFile;
 
 namespace {
-
-// Hidden `.NAME.PID.partial` files whose process is gone (killed mid-instance).
-void remove_stale_partials(const std::filesystem::path& dir) {
-    std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (!name.starts_with(".") || !name.ends_with(".partial")) continue;
-        const std::string rest = name.substr(0, name.size() - 8);
-        const std::size_t dot = rest.rfind('.');
-        if (dot == std::string::npos) continue;
-        const std::string pid_text = rest.substr(dot + 1);
-        if (pid_text.empty() || !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
-            continue;
-        const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-        if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(entry.path().c_str());
-    }
-}
 
 int highest_instance_number(const std::filesystem::path& dir, const std::string& stem) {
     int highest = 0;
@@ -62,6 +48,67 @@ int highest_instance_number(const std::filesystem::path& dir, const std::string&
     return highest;
 }
 
+// The one-pass source for stamping from `volume`, or nullopt (the reason in the report) to fall back to
+// libcryptsetup re-encryption. Instances carry only their new binding: keyslots of the base other than the one
+// its binding opened must be dropped knowingly, as the libcryptsetup path's re-key demands.
+std::optional<detail::OnePassSource> choose_one_pass(const Volume& volume, const LuksTarget& target,
+                                                     int binding_keyslot, const SecretBuffer& passphrase,
+                                                     bool drop_other_keyslots, StampReport& report) {
+    if (!drop_other_keyslots) {
+        std::string others;
+        for (const Keyslot& slot : volume.keyslots())
+            if (slot.id != binding_keyslot) others += (others.empty() ? "" : ", ") + std::to_string(slot.id);
+        if (!others.empty())
+            throw FormatError("keyslot(s) " + others + " of " + target.describe() +
+                              " are not opened by the base binding; drop them (--drop-other-keyslots)");
+    }
+    auto source = detail::one_pass_source(volume, target, volume.volume_key(passphrase.view(), binding_keyslot));
+    if (auto* reason = std::get_if<std::string>(&source)) {
+        report.data_path = "libcryptsetup";
+        report.data_path_note = "one-pass data path not used: " + *reason;
+        return std::nullopt;
+    }
+    report.data_path = "one-pass";
+    return std::move(std::get<detail::OnePassSource>(source));
+}
+
+// One instance by libcryptsetup: a sparse copy of the base, re-keyed, bound and verified, then stripped of the
+// inherited keyslot (the fallback for what the one-pass path does not implement).
+void make_instance_by_reencryption(const std::filesystem::path& base, const LuksTarget& base_target,
+                                   const std::filesystem::path& partial, const SecretBuffer& base_passphrase,
+                                   const PinBinding& binding, const StampOptions& options, StampedInstance& instance) {
+    {
+        DeviceLock base_lock = DeviceLock::acquire(base, false);
+        copy_sparse(base, partial);
+    }
+    LuksTarget target = select_luks_target(partial, base_target.partition);
+    AttachedTarget attached = AttachedTarget::attach(target);
+    Volume volume = Volume::open(attached.device());
+    // A fresh volume key; the inherited keyslot follows it (its passphrase is the base's).
+    rekey_to_completion(volume, {base_passphrase.view()}, options.drop_other_keyslots, nullptr, false);
+    remove_dead_clevis_tokens(volume);
+    const std::optional<int> inherited = volume.test_passphrase(base_passphrase.view());
+    if (!inherited) throw Error(EIO, "the re-keyed copy lost the inherited keyslot");
+
+    clevis::BindOptions bind_options;
+    bind_options.pin = options.pin_options;
+    bind_options.pbkdf = options.keyslot_pbkdf;
+    bind_options.verify = true;
+    clevis::BindResult bound = clevis::bind(volume, binding.pin, binding.config_json, base_passphrase.view(), bind_options);
+    if (bound.verification != clevis::Verification::verified)
+        throw TangError("instance binding not verified: " + bound.message);
+
+    // Drop what every instance would otherwise share with the base: its token and keyslot.
+    while (std::optional<int> slot = volume.test_passphrase(base_passphrase.view())) {
+        if (*slot == bound.keyslot) throw Error(EIO, "the new binding reuses the base passphrase");
+        volume.remove_keyslot_and_tokens(*slot);
+    }
+    instance.keyslot = bound.keyslot;
+    instance.token = bound.token;
+    instance.fingerprint = volume.fingerprint();
+    instance.uuid = volume.inspect().uuid;
+}
+
 }  // namespace
 
 // --- stamp ------------------------------------------------------------------------------------------------------
@@ -76,6 +123,7 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
     report.base = absolute_string(base);
     SecretBuffer base_passphrase;
     PinBinding binding;
+    std::optional<detail::OnePassSource> one_pass;
     {
         // A shared lock: other stamps may read the base concurrently, a seal may not change it.
         DeviceLock base_lock = DeviceLock::acquire(base, false);
@@ -88,6 +136,13 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
         clevis::Unlocked unlocked = clevis::unlock(volume, std::nullopt, options.pin_options);
         base_passphrase = std::move(unlocked.passphrase);
         report.base_fingerprint = volume.fingerprint();
+        if (options.one_pass) {
+            one_pass = choose_one_pass(volume, base_target, unlocked.keyslot, base_passphrase, options.drop_other_keyslots,
+                                       report);
+        } else {
+            report.data_path = "libcryptsetup";
+            report.data_path_note = "one-pass data path not requested";
+        }
         if (options.binding) {
             binding = *options.binding;
         } else {
@@ -118,41 +173,24 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
             out_dir / ("." + final_path.filename().string() + "." + std::to_string(::getpid()) + ".partial");
         if (options.on_instance) options.on_instance(final_path, index, count);
         TemporaryFile temporary(partial);
-        {
-            DeviceLock base_lock = DeviceLock::acquire(base, false);
-            copy_sparse(base, partial);
-        }
-
         StampedInstance instance;
         instance.image = final_path;
-        {
-            LuksTarget target = select_luks_target(partial, base_target.partition);
-            AttachedTarget attached = AttachedTarget::attach(target);
-            Volume volume = Volume::open(attached.device());
-            // A fresh volume key; the inherited keyslot follows it (its passphrase is the base's).
-            rekey_to_completion(volume, {base_passphrase.view()}, options.drop_other_keyslots, nullptr, false);
-            remove_dead_clevis_tokens(volume);
-            const std::optional<int> inherited = volume.test_passphrase(base_passphrase.view());
-            if (!inherited) throw Error(EIO, "the re-keyed copy lost the inherited keyslot");
-
-            clevis::BindOptions bind_options;
-            bind_options.pin = options.pin_options;
-            bind_options.pbkdf = options.keyslot_pbkdf;
-            bind_options.verify = true;
-            clevis::BindResult bound =
-                clevis::bind(volume, binding.pin, binding.config_json, base_passphrase.view(), bind_options);
-            if (bound.verification != clevis::Verification::verified)
-                throw TangError("instance binding not verified: " + bound.message);
-
-            // Drop what every instance would otherwise share with the base: its token and keyslot.
-            while (std::optional<int> slot = volume.test_passphrase(base_passphrase.view())) {
-                if (*slot == bound.keyslot) throw Error(EIO, "the new binding reuses the base passphrase");
-                volume.remove_keyslot_and_tokens(*slot);
-            }
-            instance.keyslot = bound.keyslot;
-            instance.token = bound.token;
-            instance.fingerprint = volume.fingerprint();
-            instance.uuid = volume.inspect().uuid;
+        if (one_pass) {
+            // Read the base once; the instance's header is made apart and written last.
+            const std::filesystem::path scratch =
+                out_dir / ("." + final_path.filename().string() + ".header." + std::to_string(::getpid()) + ".partial");
+            DeviceLock base_lock = DeviceLock::acquire(base, false);
+            const detail::OnePassImage made = detail::write_one_pass_image(
+                *one_pass, {binding, options.pin_options, options.keyslot_pbkdf}, partial, scratch, options.keep_holes,
+                nullptr, nullptr);
+            instance.keyslot = made.keyslot;
+            instance.token = made.token;
+            instance.fingerprint = made.fingerprint;
+            instance.uuid = made.uuid;
+            report.data_bytes = made.stats.data_bytes;
+            report.hole_bytes = made.stats.hole_bytes;
+        } else {
+            make_instance_by_reencryption(base, base_target, partial, base_passphrase, binding, options, instance);
         }
         if (instance.fingerprint == report.base_fingerprint)
             throw Error(EIO, "instance " + final_path.string() + " still carries the base's volume key");
@@ -201,6 +239,10 @@ std::string StampReport::to_json() const {
         json_array_append_new(list, o);
     }
     json_object_set_new(root.get(), "instances", list);
+    json_object_set_new(root.get(), "data_path", json_string(data_path.c_str()));
+    json_object_set_new(root.get(), "data_path_note", json_string(data_path_note.c_str()));
+    json_object_set_new(root.get(), "data_bytes_per_instance", json_integer(static_cast<json_int_t>(data_bytes)));
+    json_object_set_new(root.get(), "hole_bytes_per_instance", json_integer(static_cast<json_int_t>(hole_bytes)));
     return detail::json_dump(root.get(), JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 }
 

@@ -1,0 +1,120 @@
+#include "pipeline/one_pass_instance.hpp"
+
+#include "datapath/instance_header.hpp"
+
+#include <luksforge/clevis.hpp>
+#include <luksforge/error.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+namespace luksforge::detail {
+
+namespace {
+
+// Removes a file unless dismissed.
+class ScratchFile {
+public:
+    explicit ScratchFile(std::filesystem::path path) : path_(std::move(path)) {}
+    ScratchFile(const ScratchFile&) = delete;
+    ScratchFile& operator=(const ScratchFile&) = delete;
+    ~ScratchFile() {
+        if (!path_.empty()) ::unlink(path_.c_str());
+    }
+    void dismiss() noexcept { path_.clear(); }
+
+private:
+    std::filesystem::path path_;
+};
+
+struct Fd {
+    int fd = -1;
+    explicit Fd(int f) noexcept : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd() noexcept {
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+std::variant<OnePassSource, std::string> one_pass_source(const Volume& volume, const LuksTarget& target,
+                                                         SecretBuffer volume_key) {
+    auto layout = datapath::read_segment_layout(volume);
+    if (auto* reason = std::get_if<std::string>(&layout)) return *reason;
+    OnePassSource source;
+    source.target = target;
+    source.layout = std::get<datapath::SegmentLayout>(layout);
+    source.volume_key = std::move(volume_key);
+    for (const Token& token : volume.tokens())
+        if (token.keyslots.empty() && token.type != "luksforge-seal") source.carried_tokens.push_back(token.json);
+    return source;
+}
+
+OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBinding& binding,
+                                  const std::filesystem::path& destination,
+                                  const std::filesystem::path& scratch_header, bool keep_holes,
+                                  const std::function<void(const char*)>& crash_point,
+                                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+    OnePassImage image;
+    const SecretBuffer new_key = random_secret(source.layout.cipher.key_bytes);
+
+    // Instances carry key material: never readable by others, not even for a moment.
+    Fd out(::open(destination.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (out.fd < 0) throw Error(errno, "cannot create " + destination.string() + ": " + std::strerror(errno));
+    ::fchmod(out.fd, 0600);  // whatever the umask
+
+    // 1. Everything but the header: the data area re-encrypted, the rest of the image as it is.
+    datapath::OnePassCopy copy;
+    copy.source = source.target.image;
+    copy.volume_offset = source.target.offset_bytes;
+    copy.volume_bytes = source.target.size_bytes;
+    copy.layout = source.layout;
+    copy.old_key = &source.volume_key;
+    copy.new_key = &new_key;
+    copy.keep_holes = keep_holes;
+    copy.stream.progress = progress;
+    image.stats = datapath::reencrypt_copy(copy, out.fd);
+    if (crash_point) crash_point("one-pass-data-written");
+
+    // 2. The header apart: format for the new key, carry the base's keyslot-less tokens, bind, verify.
+    const auto bind_started = std::chrono::steady_clock::now();
+    ScratchFile scratch(scratch_header);
+    const std::uint64_t volume_bytes = source.target.size_bytes != 0
+                                           ? source.target.size_bytes
+                                           : datapath::source_bytes(source.target.image) - source.target.offset_bytes;
+    datapath::format_instance_header(scratch_header, volume_bytes, source.layout, new_key);
+    {
+        Volume header = Volume::open(scratch_header);
+        for (const std::string& token : source.carried_tokens) header.set_token(token);
+        clevis::BindOptions options;
+        options.pin = binding.pin_options;
+        options.pbkdf = binding.keyslot_pbkdf;
+        options.verify = true;
+        const clevis::BindResult bound = clevis::bind_with_volume_key(header, binding.binding.pin,
+                                                                      binding.binding.config_json, options, &new_key);
+        if (bound.verification != clevis::Verification::verified)
+            throw TangError("binding not verified: " + bound.message);
+        image.keyslot = bound.keyslot;
+        image.token = bound.token;
+        image.fingerprint = header.fingerprint();
+        image.uuid = header.inspect().uuid;
+    }
+    image.bind_seconds = seconds_since(bind_started);
+
+    // 3. Last: the header into the new file (fsynced).
+    datapath::write_instance_header(scratch_header, out.fd, source.target.offset_bytes, source.layout.data_offset);
+    if (crash_point) crash_point("one-pass-header-written");
+    return image;
+}
+
+}  // namespace luksforge::detail
