@@ -60,12 +60,11 @@ measure() {
     local case=$1 tool=$2 bytes=$3; shift 3
     local t0 t1
     t0=$(date +%s%N)
-    /usr/bin/time -f '%M' -o "$work/rss" "$@" > "$work/out" 2> "$work/err" || {
+    /usr/bin/time -f '%M' -o "$work/rss" "$@" > "$work/cmd.out" 2> "$work/err" || {
         cat "$work/err" >&2; fail "$case/$tool: command failed: $*"; }
     t1=$(date +%s%N)
     printf '%s\t%s\t%s\t%s\t%s\n' "$case" "$tool" "$(( (t1 - t0) / 1000 ))" "$(tail -1 "$work/rss")" "$bytes" >> "$results"
 }
-sh_c() { bash -c "$1"; }
 
 # fingerprint IMG: the volume-key fingerprint (public header data)
 fingerprint() { "$luksforge" inspect "$1" --json | sed -n 's/.*"fingerprint": *"\([0-9a-f]*\)".*/\1/p' | tail -1; }
@@ -75,26 +74,19 @@ make_dense() {  # $1 path $2 MiB
     cryptsetup luksFormat -q --type luks2 "${pbkdf[@]}" "$1" "$work/pass" >/dev/null
     dd if=/dev/urandom of="$1" bs=4M seek=4 count=$(( ($2 - 16) / 4 )) conv=notrunc status=none
 }
-# sample IMG PASSFILE [SLOT]: SHA-256 of three decrypted 4 KiB sectors (first, middle, last) — plaintext must
-# survive every re-key, whoever did it.
+# sample IMG PASSFILE: SHA-256 of three decrypted sectors (first, middle, last; bench/sample_plain.py) —
+# plaintext must survive every re-key, whoever did it.
 sample() {
-    local img=$1 passfile=$2 key offset size sector n out=""
+    local img=$1 passfile=$2 offset sector out
     rm -f "$work/vk"
-    cryptsetup luksDump -q --dump-volume-key --volume-key-file "$work/vk" --key-file "$passfile" "$img" >/dev/null 2>&1 || true
-    key=$(od -An -tx1 "$work/vk" 2>/dev/null | tr -d ' \n'); rm -f "$work/vk"
-    [ ${#key} -eq 128 ] || fail "cannot read the volume key of $img"
+    cryptsetup luksDump -q --dump-volume-key --volume-key-file "$work/vk" --key-file "$passfile" "$img" >/dev/null 2>&1 ||
+        fail "cannot read the volume key of $img"
     offset=$(cryptsetup luksDump "$img" | sed -n 's/^\toffset: \([0-9]*\) \[bytes\]/\1/p' | head -1)
-    size=$(stat -c %s "$img")
-    n=$(( (size - offset) / 4096 ))
-    for sector in 0 $((n / 2)) $((n - 1)); do
-        # plain64: the IV is the 512-byte sector number, little-endian, zero-padded to 16 bytes
-        local iv
-        iv=$(printf '%016x' $((sector * 8)) | sed 's/../& /g' | awk '{for (i = NF; i > 0; i--) printf "%s", $i}')
-        iv="${iv}0000000000000000"
-        out+=$(dd if="$img" bs=4096 skip=$(( offset / 4096 + sector )) count=1 status=none |
-            openssl enc -d -aes-256-xts -K "$key" -iv "$iv" -nopad | sha256sum | cut -c1-64)
-    done
-    echo "$out" | sha256sum | cut -c1-16
+    sector=$(cryptsetup luksDump "$img" | sed -n 's/^\tsector: \([0-9]*\) \[bytes\]/\1/p' | head -1)
+    out=$(/usr/bin/python3 "$here/sample_plain.py" "$img" "$work/vk" "$offset" "$sector") || fail "cannot sample $img"
+    rm -f "$work/vk"
+    [ ${#out} -eq 16 ] || fail "no plaintext sample of $img"
+    echo "$out"
 }
 # clevis_pass IMG SLOT OUTFILE
 clevis_pass() { clevis luks pass -d "$1" -s "$2" > "$3"; }
@@ -120,8 +112,8 @@ for i in $(seq "$rounds"); do
     check_clevis_opens "$work/f1.img"; check_clevis_opens "$work/f2.img"
 
     s1=$(clevis_slot "$work/f1.img")
-    measure pass luksforge 0 sh_c "'$luksforge' pass '$work/f1.img' -s $s1 > '$work/p1'"
-    measure pass stock 0 sh_c "clevis luks pass -d '$work/f1.img' -s $s1 > '$work/p2'"
+    measure pass luksforge 0 bash -c "'$luksforge' pass '$work/f1.img' -s $s1 > '$work/p1'"
+    measure pass stock 0 bash -c "clevis luks pass -d '$work/f1.img' -s $s1 > '$work/p2'"
     cmp -s "$work/p1" "$work/p2" || fail "luksforge pass and clevis luks pass disagree"
     cryptsetup open --test-passphrase --key-slot "$s1" --key-file "$work/p1" "$work/f1.img" || fail "pass"
 done
@@ -148,7 +140,7 @@ seal_case() {  # $1 case name, $2 MiB, $3 rounds
             [ "$(sample "$work/ours.img" "$work/check.pass")" = "$plain" ] || fail "seal changed the plaintext"
         done
         cp --sparse=never "$work/master.img" "$work/stock.img"; sync "$work/stock.img"
-        measure "$name" stock $((size << 20)) sh_c "cryptsetup reencrypt -q --force-offline-reencrypt --key-file '$work/pass' '$work/stock.img' &&
+        measure "$name" stock $((size << 20)) bash -c "cryptsetup reencrypt -q --force-offline-reencrypt --key-file '$work/pass' '$work/stock.img' &&
             clevis luks bind -y -d '$work/stock.img' -k '$work/pass' tang '$config' &&
             cryptsetup luksRemoveKey -q '$work/stock.img' '$work/pass'"
         check_build_gone "$work/stock.img"; check_clevis_opens "$work/stock.img"
@@ -182,7 +174,7 @@ stamp_case() {  # $1 case name, $2 MiB, $3 count, $4 rounds
                 clevis luks bind -y -d '$inst' -k '$work/stock/p$k' tang '$config' &&
                 clevis luks unbind -f -d '$inst' -s \$old && sync '$inst' && "
         done
-        measure "$name" stock $((size * n_inst << 20)) sh_c "${script}true"
+        measure "$name" stock $((size * n_inst << 20)) bash -c "${script}true"
         local fps=" $base_fp "
         for inst in "$work"/out/*.img "$work"/stock/i*.img; do
             check_clevis_opens "$inst"
@@ -221,7 +213,7 @@ sparse_case
 
 # --- the data path against the disk and the cipher ----------------------------------------------------------------
 for i in $(seq "$rounds"); do
-    measure "cp+fsync ${mib}M" cp $((mib << 20)) sh_c "cp --sparse=never '$work/base.img' '$work/copy.img' && sync '$work/copy.img'"
+    measure "cp+fsync ${mib}M" cp $((mib << 20)) bash -c "cp --sparse=never '$work/base.img' '$work/copy.img' && sync '$work/copy.img'"
     cmp -s "$work/base.img" "$work/copy.img" || fail "cp made a different file"
     rm -f "$work/copy.img"
 done
