@@ -140,6 +140,9 @@ def test_stamp_clone_audit(tang, luks_image, passphrase, tmp_path):
                              on_instance=lambda path, i, n: seen.append((path.name, i, n)))
     assert [(i, n) for _, i, n in seen] == [(0, 2), (1, 2)]
     assert len({i.fingerprint for i in report.instances} | {report.base_fingerprint}) == 3
+    assert report.data_path == "one-pass" and report.data_bytes > 0
+    dense = luksforge.stamp(luks_image, 1, tmp_path / "dense", policy=policy, dense=True, one_pass=False)
+    assert dense.data_path == "libcryptsetup" and dense.data_bytes == 0
     ledger = tmp_path / "ledger.db"
     clone = luksforge.clone_image(luks_image, tmp_path / "clone.img", max_instances_per_key=2, ledger=ledger)
     assert clone.fingerprint == report.base_fingerprint

@@ -97,6 +97,8 @@ void register_pipeline(py::module_& m) {
         .def_readonly("timings_seconds", &SealReport::timings_seconds)
         .def_readonly("policy", &SealReport::policy)
         .def_readonly("finished_at", &SealReport::finished_at)
+        .def_readonly("data_path", &SealReport::data_path)
+        .def_readonly("data_path_note", &SealReport::data_path_note)
         .def("to_json", &SealReport::to_json)
         .def("to_dict", [](const SealReport& r) { return json_object(r.to_json()); });
 
@@ -112,6 +114,10 @@ void register_pipeline(py::module_& m) {
         .def_readonly("base", &StampReport::base)
         .def_readonly("base_fingerprint", &StampReport::base_fingerprint)
         .def_readonly("instances", &StampReport::instances)
+        .def_readonly("data_path", &StampReport::data_path)
+        .def_readonly("data_path_note", &StampReport::data_path_note)
+        .def_readonly("data_bytes", &StampReport::data_bytes)
+        .def_readonly("hole_bytes", &StampReport::hole_bytes)
         .def("to_json", &StampReport::to_json)
         .def("to_dict", [](const StampReport& r) { return json_object(r.to_json()); });
 
@@ -143,7 +149,7 @@ void register_pipeline(py::module_& m) {
                      std::optional<std::filesystem::path> policy, std::optional<std::string> pin, py::handle config,
                      std::optional<int> partition, std::optional<std::filesystem::path> ledger,
                      const std::optional<Pbkdf>& keyslot_pbkdf, bool trust_on_first_use,
-                     const NetworkOptions* network, py::object on_step, py::object progress) {
+                     const NetworkOptions* network, py::object on_step, py::object progress, bool copy) {
         SecretBuffer build = secret_from(build_passphrase, "build_passphrase");
         PinChoice choice = choose_pin(policy, pin, config, trust_on_first_use, network);
         if (!choice.binding) throw py::value_error("seal needs a policy or pin + config");
@@ -155,6 +161,7 @@ void register_pipeline(py::module_& m) {
         if (keyslot_pbkdf) options.keyslot_pbkdf = *keyslot_pbkdf;
         else if (choice.keyslot_pbkdf) options.keyslot_pbkdf = *choice.keyslot_pbkdf;
         options.ledger = ledger;
+        options.copy = copy;
         CallbackRelay step_relay(std::move(on_step)), progress_relay(std::move(progress));
         if (step_relay.active())
             options.on_step = [&step_relay](const std::string& name) { step_relay.notify(name); };
@@ -166,8 +173,10 @@ void register_pipeline(py::module_& m) {
     }, "image"_a, "build_passphrase"_a, py::kw_only(), "policy"_a = py::none(), "pin"_a = py::none(),
        "config"_a = py::none(), "partition"_a = py::none(), "ledger"_a = py::none(), "keyslot_pbkdf"_a = py::none(),
        "trust_on_first_use"_a = false, "network"_a = py::none(), "on_step"_a = py::none(), "progress"_a = py::none(),
+       "copy"_a = false,
        R"doc(Seal an image like `luksforge seal`: re-key to a fresh volume key, bind the policy's pin (or `pin` +
 `config`), verify it through the real Tang servers, then remove the build passphrase. Crash-safe and resumable.
+`copy=True` allows a copy (`seal --copy`): the sealed image is written in one pass next to it and renamed over it.
 
 `on_step(name)` is called as each step starts, `progress(done_bytes, total_bytes)` during re-encryption (both
 with the GIL held); an exception raised in either stops seal where it is (rerun seal to finish) and propagates.)doc");
@@ -177,9 +186,11 @@ with the GIL held); an exception raised in either stops seal where it is (rerun 
                       std::optional<int> partition, std::optional<std::uint64_t> max_instances_per_key,
                       std::optional<std::filesystem::path> ledger, bool drop_other_keyslots,
                       const std::optional<Pbkdf>& keyslot_pbkdf, bool trust_on_first_use,
-                      const NetworkOptions* network, py::object on_instance) {
+                      const NetworkOptions* network, py::object on_instance, bool dense, bool one_pass) {
         PinChoice choice = choose_pin(policy, pin, config, trust_on_first_use, network);
         StampOptions options;
+        options.keep_holes = !dense;
+        options.one_pass = one_pass;
         options.partition = partition;
         options.binding = choice.binding;
         options.policy = choice.source;
@@ -198,9 +209,11 @@ with the GIL held); an exception raised in either stops seal where it is (rerun 
     }, "base"_a, "count"_a, "out_dir"_a, py::kw_only(), "policy"_a = py::none(), "pin"_a = py::none(),
        "config"_a = py::none(), "partition"_a = py::none(), "max_instances_per_key"_a = py::none(),
        "ledger"_a = py::none(), "drop_other_keyslots"_a = false, "keyslot_pbkdf"_a = py::none(),
-       "trust_on_first_use"_a = false, "network"_a = py::none(), "on_instance"_a = py::none(),
+       "trust_on_first_use"_a = false, "network"_a = py::none(), "on_instance"_a = py::none(), "dense"_a = false,
+       "one_pass"_a = true,
        R"doc(Write `count` instances of the sealed `base` into `out_dir`, each with its own volume key, keyslot
-passphrase and verified binding (like `luksforge stamp`). `on_instance(path, index, count)` is called as each
+passphrase and verified binding (like `luksforge stamp`; `dense` = `--dense`, `one_pass=False` =
+`--libcryptsetup`). `on_instance(path, index, count)` is called as each
 instance starts (index from 0); an exception raised in it stops stamping there and propagates.)doc");
 
     m.def("clone_image", [](const std::filesystem::path& base, const std::filesystem::path& out,
