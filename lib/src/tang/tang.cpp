@@ -135,6 +135,17 @@ extern "C" int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_
     return transfer->cancel != nullptr && transfer->cancel->load() ? 1 : 0;
 }
 
+// application/json, application/jose+json, application/jwk+json, application/jwk-set+json, application/jose
+// (parameters such as "; charset=utf-8" ignored, case-insensitive).
+bool json_media_type(std::string_view type) {
+    type = type.substr(0, type.find(';'));
+    while (!type.empty() && (type.back() == ' ' || type.back() == '\t')) type.remove_suffix(1);
+    std::string lower(type);
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return lower == "application/json" || lower == "application/jose+json" || lower == "application/jwk+json" ||
+           lower == "application/jwk-set+json" || lower == "application/jose";
+}
+
 std::string trim_url(std::string url) {
     while (!url.empty() && url.back() == '/') url.pop_back();
     return url;
@@ -245,6 +256,14 @@ struct Client::Impl {
             throw TangError("Tang server answered HTTP " + std::to_string(response.status) + meaning + ": " + where,
                             response.status == 404 ? ENOENT : EPROTO);
         }
+        // tangd labels /adv application/jose+json and /rec application/jwk+json; an HTML page (a captive portal,
+        // a proxy's error page) or any other declared type is not a Tang answer. No Content-Type is accepted,
+        // as Clevis (curl) accepts it.
+        if (!response.content_type.empty() && !json_media_type(response.content_type))
+            throw TangError("not a Tang server: " + where + " answered with Content-Type '" +
+                                detail::excerpt(response.content_type, 64) +
+                                "' (expected application/jose+json or application/jwk+json)",
+                            EPROTO);
         return response;
     }
 };
