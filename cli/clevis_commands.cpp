@@ -144,7 +144,7 @@ void register_clevis_commands(CLI::App& app) {
                             a->json);
                 return 0;
             }
-            Volume volume = Volume::open(a->image, Volume::Access::read_write);
+            Volume volume = clevis::open_for_bindings(a->image, Volume::Access::read_write);
             clevis::BindOptions options;
             options.pin = pin_options(a->network, a->trust_on_first_use);
             options.keyslot = a->slot;
@@ -164,7 +164,7 @@ void register_clevis_commands(CLI::App& app) {
         cmd->add_option("-s,--slot", a->slot, "only the token bound to this keyslot")->check(CLI::Range(0, 31));
         add_network_options(*cmd, a->network);
         set_action(*cmd, [a] {
-            const Volume volume = Volume::open(a->image, Volume::Access::read_only);
+            const Volume volume = clevis::open_for_bindings(a->image, Volume::Access::read_only);
             clevis::Unlocked unlocked = clevis::unlock(volume, optional_slot(a->slot), pin_options(a->network));
             write_secret_fd(1, unlocked.passphrase.bytes());
             return 0;
@@ -187,7 +187,7 @@ void register_clevis_commands(CLI::App& app) {
             if (!a->test && a->name.empty() && a->key_fd < 0)
                 throw CLI::ValidationError("unlock", "one of --test, --name NAME or --key-fd N is required");
             const auto access = a->name.empty() ? Volume::Access::read_only : Volume::Access::read_write;
-            Volume volume = Volume::open(a->image, access);
+            Volume volume = clevis::open_for_bindings(a->image, access);
             clevis::Unlocked unlocked = clevis::unlock(volume, optional_slot(a->slot), pin_options(a->network));
             if (a->key_fd >= 0) {
                 write_secret_fd(a->key_fd, unlocked.passphrase.bytes());
@@ -196,7 +196,10 @@ void register_clevis_commands(CLI::App& app) {
                 std::printf("activated /dev/mapper/%s with keyslot %d (token %d)\n", a->name.c_str(), unlocked.keyslot,
                             unlocked.token);
             } else {
-                std::printf("token %d opens keyslot %d\n", unlocked.token, unlocked.keyslot);
+                if (unlocked.token < 0)
+                    std::printf("luksmeta slot %d opens keyslot %d\n", unlocked.keyslot, unlocked.keyslot);
+                else
+                    std::printf("token %d opens keyslot %d\n", unlocked.token, unlocked.keyslot);
             }
             return 0;
         });
@@ -209,7 +212,7 @@ void register_clevis_commands(CLI::App& app) {
         cmd->add_flag("-p,--pins", a->pins_only, "print only the sorted pins each binding uses, e.g. '1: sss tang'");
         cmd->add_flag("--json", a->json, "print a JSON array");
         set_action(*cmd, [a] {
-            const Volume volume = Volume::open(a->image, Volume::Access::read_only);
+            const Volume volume = clevis::open_for_bindings(a->image, Volume::Access::read_only);
             std::string json = "[";
             for (const auto& binding : clevis::list(volume)) {
                 if (a->slot >= 0 && binding.keyslot != a->slot) continue;
@@ -244,7 +247,7 @@ void register_clevis_commands(CLI::App& app) {
         cmd->add_option("-s,--slot", a->slot, "keyslot of the binding")->required()->check(CLI::Range(0, 31));
         cmd->add_flag("-f,--force", a->force, "also remove the volume's last keyslot");
         set_action(*cmd, [a] {
-            Volume volume = Volume::open(a->image, Volume::Access::read_write);
+            Volume volume = clevis::open_for_bindings(a->image, Volume::Access::read_write);
             clevis::unbind(volume, a->slot, a->force);
             std::printf("removed the Clevis binding of keyslot %d\n", a->slot);
             return 0;
@@ -272,7 +275,7 @@ void register_clevis_commands(CLI::App& app) {
         set_action(*cmd, [a] {
             SecretBuffer existing;
             if (a->passphrase.given()) existing = a->passphrase.read("existing passphrase");
-            Volume volume = Volume::open(a->image, Volume::Access::read_write);
+            Volume volume = clevis::open_for_bindings(a->image, Volume::Access::read_write);
             clevis::RegenOptions options;
             options.bind.pin = pin_options(a->network, a->trust_on_first_use);
             options.bind.pbkdf.iterations = a->iterations;

@@ -327,6 +327,48 @@ TEST_CASE("bad-sss: an sss config with a malformed URL fails the bind (exit 7), 
     CHECK(dev.dump() == before);
 }
 
+// ---- issue 18, item 7: LUKS1 with luksmeta (list-tang-luks1, pass-tang-luks1, unlock-tang-luks1) ---------
+
+TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlocks; writing is refused with a path that works") {
+    TangServer tang;
+    TempDir dir;
+    const fs::path dev = dir / "luks1-device";
+    const fs::path pass = dir / "pass";
+    make_sparse_file(dev, 32 * kMiB);
+    write_file(pass, kDefaultPass);
+    run_ok({"cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
+            dev.string(), "--key-file", pass.string()});
+    REQUIRE(run({"clevis", "luks", "bind", "-f", "-y", "-d", dev.string(), "-k", pass.string(), "tang",
+                 R"({"url":")" + tang.url() + R"("})"})
+                .exit_code == 0);
+    const std::string listed = "1: tang '{\"url\":\"" + tang.url() + "\"}'\n";
+    CHECK(run_ok({"clevis", "luks", "list", "-d", dev.string()}) == listed);
+    CHECK(run_cli({"list", dev.string()}).out == listed);
+    CHECK(run_cli({"list", dev.string(), "-p"}).out == "1: tang\n");
+    const RunResult ours = run_cli({"pass", dev.string(), "--slot", "1"});
+    REQUIRE_MESSAGE(ours.exit_code == 0, ours.err);
+    CHECK(ours.out == run_ok({"clevis", "luks", "pass", "-d", dev.string(), "-s", "1"}));
+    CHECK(run_cli({"unlock", dev.string(), "--test"}).exit_code == 0);
+    tang.stop();
+    CHECK(run_cli({"unlock", dev.string(), "--test", "--timeout", "1000"}).exit_code == 6);
+    tang.start();
+
+    // Writing is refused, naming the bound slots and the conversion path; following it works.
+    const RunResult refused = run_cli({"bind", dev.string(), "tang", pinned(tang), "--passphrase-file", pass.string()});
+    CHECK(refused.exit_code == 7);
+    CHECK_MESSAGE(refused.err.find("luksmeta slots 1") != std::string::npos, refused.err);
+    CHECK(refused.err.find("luksmeta nuke") != std::string::npos);
+    CHECK(run_cli({"regen", dev.string(), "--slot", "1"}).exit_code == 7);
+    CHECK(run_cli({"unbind", dev.string(), "--slot", "1"}).exit_code == 7);
+    CHECK(run({"cryptsetup", "convert", "--batch-mode", "--type", "luks2", dev.string()}).exit_code != 0);
+    REQUIRE(run({"clevis", "luks", "unbind", "-f", "-d", dev.string(), "-s", "1"}).exit_code == 0);
+    REQUIRE(run({"luksmeta", "nuke", "-f", "-d", dev.string()}).exit_code == 0);
+    REQUIRE(run({"cryptsetup", "convert", "--batch-mode", "--type", "luks2", dev.string()}).exit_code == 0);
+    const RunResult rebound = run_cli({"bind", dev.string(), "tang", pinned(tang), "--passphrase-file", pass.string()});
+    CHECK_MESSAGE(rebound.exit_code == 0, rebound.err);
+    CHECK(run({"clevis", "luks", "pass", "-d", dev.string(), "-s", "1"}).exit_code == 0);
+}
+
 // ---- issue 18, item 1: Tang URLs without a scheme mean http, as curl (and so Clevis) reads them -------------
 
 TEST_CASE("scheme-less Tang URLs (host:port) both ways: luksforge binds them, and opens Clevis's") {

@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   # build
   cmake g++ pkg-config make
-  libcryptsetup-dev libblkid-dev libjose-dev libjansson-dev libcurl4-openssl-dev libssl-dev
+  libcryptsetup-dev libblkid-dev libjose-dev libjansson-dev libcurl4-openssl-dev libssl-dev libluksmeta-dev
   libfmt-dev libcli11-dev libtomlplusplus-dev libsqlite3-dev doctest-dev pybind11-dev python3-dev python3-pybind11
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux

@@ -15,6 +15,11 @@
 
 namespace luksforge::clevis {
 
+// Open a volume for the Clevis commands: LUKS2 as Volume::open() does; a LUKS1 volume read-only, for its
+// luksmeta Clevis bindings (list, unlock, pass read them). Writing to LUKS1 throws FormatError naming the
+// bound slots and the conversion path that works (luksmeta headers block `cryptsetup convert`).
+Volume open_for_bindings(const std::filesystem::path& device, Volume::Access access);
+
 struct BindOptions {
     PinOptions pin;
     int keyslot = -1;                                 // keyslot for the binding; -1 = first free
@@ -73,6 +78,7 @@ std::vector<std::string> regen_crash_points();
 struct Binding {
     int token = -1;
     int keyslot = -1;                 // -1 when the token names no keyslot or several
+    // token: the LUKS2 token id; -1 on LUKS1, where the JWE lives in luksmeta slot `keyslot`.
     std::string pin;                  // "tang", "sss", ...; empty when the token is unreadable (see problem)
     std::string config;               // the config as `clevis luks list` shows it, e.g. {"url":"http://..."}
     std::string jwe;                  // compact

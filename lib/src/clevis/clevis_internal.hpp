@@ -42,6 +42,16 @@ std::vector<int> prune_orphaned_tokens(Volume& volume);
 // describe_jwe() keeping every sss child (Clevis's list drops some): the config regen re-binds.
 std::pair<std::string, std::string> describe_jwe_faithful(std::string_view compact_jwe);
 
+// LUKS1: the Clevis JWEs in luksmeta slots (slot number = keyslot). `problem` says why one is unreadable.
+struct LuksmetaBinding {
+    int keyslot = -1;
+    std::string jwe;
+    std::string problem;
+};
+std::vector<LuksmetaBinding> luksmeta_bindings(const Volume& volume);
+// Why a LUKS1 volume cannot be written, and the conversion path that works (luksmeta blocks cryptsetup convert).
+std::string luks1_refusal(const Volume& volume);
+
 // Test-only: SIGKILL this process when $LUKSFORGE_CRASH_AT names `step` (the crash tests' hook). The steps of
 // unbind and regen are listed by unbind_crash_points()/regen_crash_points().
 void crash_point(const char* step);

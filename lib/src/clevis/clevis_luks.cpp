@@ -34,7 +34,7 @@ using detail::json_take;
 template <typename AddKeyslot>
 BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view config_json, const BindOptions& options,
                      AddKeyslot add_keyslot) {
-    if (volume.luks_version() != 2) throw FormatError("Clevis tokens need LUKS2: " + volume.path().string());
+    if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
     if (options.keyslot >= 0 && volume.keyslot(options.keyslot))
         throw FormatError("keyslot " + std::to_string(options.keyslot) + " is already in use");
     if (options.token_id >= 0 && volume.token(options.token_id))
@@ -257,7 +257,56 @@ BindResult bind_with_volume_key(Volume& volume, std::string_view pin, std::strin
     });
 }
 
+namespace {
+
+// unlock() over LUKS1 luksmeta bindings: the same rules, slot by slot.
+Unlocked unlock_luksmeta(const Volume& volume, std::optional<int> keyslot, const PinOptions& options) {
+    std::vector<LuksmetaBinding> bindings = luksmeta_bindings(volume);
+    if (keyslot) std::erase_if(bindings, [&](const LuksmetaBinding& b) { return b.keyslot != *keyslot; });
+    if (bindings.empty())
+        throw NotFoundError(keyslot ? "no Clevis binding in luksmeta slot " + std::to_string(*keyslot) + " of " +
+                                          volume.path().string()
+                                    : "no Clevis binding (luksmeta) on " + volume.path().string());
+    std::string reasons;
+    bool all_network = true;
+    for (const LuksmetaBinding& b : bindings) {
+        try {
+            if (!b.problem.empty()) throw FormatError(b.problem);
+            if (!volume.keyslot(b.keyslot))
+                throw NotFoundError("keyslot " + std::to_string(b.keyslot) + " does not exist");
+            SecretBuffer passphrase = clevis_decrypt(b.jwe, options);
+            if (volume.test_passphrase(passphrase.view(), b.keyslot) != b.keyslot)
+                throw AuthError("the recovered passphrase does not open keyslot " + std::to_string(b.keyslot));
+            return Unlocked{-1, b.keyslot, std::move(passphrase)};
+        } catch (const TangError& e) {
+            reasons += (reasons.empty() ? "" : "; ") + std::string("luksmeta slot ") + std::to_string(b.keyslot) +
+                       ": " + e.what();
+        } catch (const std::exception& e) {
+            all_network = false;
+            reasons += (reasons.empty() ? "" : "; ") + std::string("luksmeta slot ") + std::to_string(b.keyslot) +
+                       ": " + e.what();
+        }
+    }
+    const std::string message = "no Clevis binding opens its keyslot: " + reasons;
+    if (all_network) throw TangError(message);
+    throw AuthError(message);
+}
+
+}  // namespace
+
+Volume open_for_bindings(const std::filesystem::path& device, Volume::Access access) {
+    try {
+        return Volume::open(device, access);
+    } catch (const FormatError&) {
+        std::optional<Volume> probed = Volume::probe(device);
+        if (!probed || probed->luks_version() != 1) throw;
+        if (access == Volume::Access::read_write) throw FormatError(luks1_refusal(*probed));
+        return std::move(*probed);
+    }
+}
+
 Unlocked unlock(const Volume& volume, std::optional<int> keyslot, const PinOptions& options) {
+    if (volume.luks_version() == 1) return unlock_luksmeta(volume, keyslot, options);
     std::vector<Token> tokens = clevis_tokens(volume);
     if (keyslot) {
         std::erase_if(tokens, [&](const Token& t) { return token_keyslot(t) != *keyslot; });
@@ -310,6 +359,28 @@ std::pair<std::string, std::string> internal::describe_jwe_faithful(std::string_
 
 std::vector<Binding> list(const Volume& volume) {
     std::vector<Binding> result;
+    if (volume.luks_version() == 1) {
+        for (const LuksmetaBinding& b : luksmeta_bindings(volume)) {
+            Binding binding;
+            binding.keyslot = b.keyslot;
+            binding.problem = b.problem;
+            try {
+                if (!b.problem.empty()) throw FormatError(b.problem);
+                binding.jwe = b.jwe;
+                std::tie(binding.pin, binding.config) = describe_jwe(binding.jwe);
+                JsonPtr header = header_of(binding.jwe);
+                used_pins(header.get(), binding.pins);
+                std::sort(binding.pins.begin(), binding.pins.end());
+                binding.pins.erase(std::unique(binding.pins.begin(), binding.pins.end()), binding.pins.end());
+            } catch (const FormatError& e) {
+                binding.pin.clear();
+                binding.config.clear();
+                binding.problem = e.what();
+            }
+            result.push_back(std::move(binding));
+        }
+        return result;
+    }
     for (const Token& token : clevis_tokens(volume)) {
         Binding binding;
         binding.token = token.id;

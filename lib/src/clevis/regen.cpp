@@ -226,7 +226,7 @@ std::vector<std::string> regen_crash_points() {
 }
 
 RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options) {
-    if (volume.luks_version() != 2) throw FormatError("Clevis tokens need LUKS2: " + volume.path().string());
+    if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
     bool resumed_other = false;
     for (const RegenRecord& record : regen_records(volume)) {
         std::optional<RegenResult> finished = resume(volume, record, options);

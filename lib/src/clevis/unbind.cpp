@@ -13,7 +13,7 @@ using namespace clevis::internal;
 std::vector<std::string> unbind_crash_points() { return {"unbind-keyslot-removed"}; }
 
 void unbind(Volume& volume, int keyslot, bool force) {
-    if (volume.luks_version() != 2) throw FormatError("Clevis tokens need LUKS2: " + volume.path().string());
+    if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
     const std::optional<Token> token = token_for_keyslot(volume, keyslot);
     if (!token) {
         // A rerun after a kill between the two steps: the keyslot is gone and its token names no keyslot.
