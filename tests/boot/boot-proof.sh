@@ -18,7 +18,8 @@
 #         that differ (compared by digests of the keys dm-crypt holds, taken in the guest);
 #      e  a volume bound only to the missing tang3 does NOT open (clevis and luksforge both report failure).
 #      f  with Clevis, jose and curl deleted from the guest, `cryptsetup open --token-only` opens b and c through
-#         luksforge's token handler (libcryptsetup-token-clevis.so) and refuses e.
+#         luksforge's token handler (libcryptsetup-token-clevis.so) and refuses e; systemd-cryptsetup (Debian's
+#         systemd 252, staged from the host) opens b through it with no key file.
 # Cases whose luksforge capability has not landed yet are reported as SKIP, never as passed.
 #
 # Usage: boot-proof.sh --cli PATH [--token-handler PATH] [--cases abcdef] [--keep]
@@ -318,6 +319,11 @@ next_dev() { dev=/dev/vd${letters[$i]}; i=$((i + 1)); disks2+=(--disk "$1"); ech
     echo "lfb_check f.b ok token_open ${dev_of[b]} f_b && lfb_check f.b.read ok read_back f.b f_b"
     echo "lfb_check f.c ok token_open ${dev_of[c]} f_c && lfb_check f.c.read ok read_back f.c f_c"
     echo "lfb_check f.e fail token_open ${dev_of[e]} f_e; lfb_check f.e.unmapped ok not_mapped f_e"
+    if [[ -x /lib/systemd/systemd-cryptsetup ]]; then
+      # No key file, headless: systemd-cryptsetup opens b only if it asks the token handlers.
+      echo 'sd_attach() { SYSTEMD_LOG_TARGET=console SYSTEMD_LOG_LEVEL=info /usr/lib/systemd/systemd-cryptsetup attach "$2" "$1" none headless; }'
+      echo "lfb_check f.systemd ok sd_attach ${dev_of[b]} f_sd && lfb_check f.systemd.read ok read_back f.systemd f_sd"
+    fi
   fi
   echo 'lfb_finish'
 } >"$job2/run.sh"
@@ -397,7 +403,11 @@ if [[ -n ${img[d]:-} ]]; then
 fi
 if ((token_case)) && [[ -n ${img[b]:-} && -n ${img[c]:-} && -n ${img[e]:-} ]]; then
   what="f: with Clevis deleted from the guest, cryptsetup open --token-only opens the tang and sss bindings (tang3 down) through libcryptsetup-token-clevis.so and refuses the one bound to tang3"
-  if checks_pass "$what" f.b f.b.read f.c f.c.read f.e f.e.unmapped; then
+  checks=(f.b f.b.read f.c f.c.read f.e f.e.unmapped)
+  if [[ -x /lib/systemd/systemd-cryptsetup ]]; then
+    checks+=(f.systemd f.systemd.read); what+="; systemd-cryptsetup attach (no key file, headless) opens the tang binding through it too"
+  fi
+  if checks_pass "$what" "${checks[@]}"; then
     if ! tr -d '\r' <"$log2" | grep -q '^LFB-LOG f.e| .*Token 0 (clevis): Tang unavailable.*tang3'; then
       result_fail "$what" "the handler's error for e does not name the unreachable tang3" "$log2" f.e
     else

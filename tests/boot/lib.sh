@@ -74,7 +74,7 @@ boot_token_dir() {
 # Boot the guest once.
 #   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--token-handler PATH] [--hosts FILE] [--disk IMG]... [--tang IP=DB]...
 # JOBDIR (run.sh and its files) becomes /job in the guest; --token-handler adds libcryptsetup-token-clevis.so (and
-# libraries not in the base) to libcryptsetup's token directory; --cli adds the luksforge CLI (and libraries not in the
+# libraries not in the base) to libcryptsetup's token directory, and the host's systemd-cryptsetup; --cli adds the luksforge CLI (and libraries not in the
 # base image) as /usr/bin/luksforge; --hosts becomes the guest's /etc/hosts; disks appear as /dev/vda, /dev/vdb,
 # ... in order; each --tang makes a Tang server with database DB reachable at http://IP (port 80) from the guest
 # (IP in qemu's user network 10.0.2.0/24: it exists only inside the qemu process). The serial log is WORKDIR/NAME.log.
@@ -105,6 +105,10 @@ boot_run() {
   if [[ -n $handler ]]; then
     # Where the guest's libcryptsetup (the host's, copied into the base) loads token handlers from.
     boot_stage_elf "$stage" "$handler" "$(boot_canonical_path "$(boot_token_dir)")/libcryptsetup-token-clevis.so" "$BASE_MANIFEST"
+    # The other consumer of token handlers: systemd-cryptsetup (systemd 252 tries every token before a passphrase).
+    if [[ -x /lib/systemd/systemd-cryptsetup ]]; then
+      boot_stage_elf "$stage" /lib/systemd/systemd-cryptsetup /usr/lib/systemd/systemd-cryptsetup "$BASE_MANIFEST"
+    fi
   fi
   # Concatenated newc archives: the kernel unpacks the cached base, then this run's job over it.
   { cat "$BASE_INITRD"; boot_pack_cpio "$stage"; } >"$initrd"
