@@ -9,6 +9,8 @@ packages=(
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
   openssl sqlite3 e2fsprogs
+  # hardening (docs/hardening.md): libFuzzer with clang under ASan+UBSan, valgrind memcheck of the CLI
+  clang-14 libclang-rt-14-dev libfuzzer-14-dev valgrind
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap
