@@ -136,12 +136,12 @@ def test_render_installation_source_as_url_repo_or_include(policy, tmp_path):
 
 
 def test_render_refuses_a_policy_that_does_not_fit_anacondas_header(tmp_path):
-    servers = [start_tang(tmp_path / f"t{i}") for i in range(5)]
+    servers = [start_tang(tmp_path / f"t{i}") for i in range(6)]
     try:
-        policy = write_policy(tmp_path / "five.toml", servers, threshold=3)
+        policy = write_policy(tmp_path / "six.toml", servers, threshold=3)
         result = render(policy, tmp_path / "ks.cfg", check=False)
         assert result.returncode != 0 and not (tmp_path / "ks.cfg").exists()
-        assert "16 KiB" in result.stderr.decode() and "at most 4" in result.stderr.decode()
+        assert "16 KiB" in result.stderr.decode() and "at most 5" in result.stderr.decode()
     finally:
         for s in servers:
             s.stop()

@@ -50,7 +50,7 @@ namespace {
 using namespace detail;
 
 std::size_t json_area(std::uint64_t metadata_bytes) {
-    return metadata_bytes > binary_header_bytes ? static_cast<std::size_t>(metadata_bytes - binary_header_bytes) : 0;
+    return metadata_bytes > binary_header_bytes ? static_cast<std::size_t>(metadata_bytes - binary_header_bytes - 1) : 0;
 }
 
 std::size_t token_entry(std::size_t token_bytes) { return token_bytes + token_entry_overhead; }

@@ -10,14 +10,15 @@
 
 namespace luksforge::detail {
 
-// On-disk (compact) LUKS2 JSON, measured with libcryptsetup 2.6 and rounded up (docs/policy.md, "Room in the
-// header"). The binary header in front of the JSON area is 4 KiB.
+// On-disk (compact) LUKS2 JSON, measured with libcryptsetup 2.6 (in parentheses) and rounded up a little
+// (docs/policy.md, "Room in the header"): the sums are upper bounds within about 3 % of the real peak. The
+// binary header in front of the JSON area is 4 KiB; the JSON text and its terminating NUL share the rest.
 constexpr std::size_t binary_header_bytes = 4096;
-constexpr std::size_t fresh_header_json = 800;     // `cryptsetup luksFormat`/anaconda: config, one segment, one digest, one keyslot (732-736)
-constexpr std::size_t keyslot_json = 350;          // one more keyslot (pbkdf2 296, argon2id 300)
-constexpr std::size_t token_entry_overhead = 64;   // `"N":` and separators around a token's own JSON
-constexpr std::size_t seal_state_json = 400;       // seal's luksforge-seal record (209 with one pending keyslot)
-constexpr std::size_t reencryption_json = 1250;    // a running re-encryption besides its new keyslot: reencrypt keyslot, segments, digest (1084)
+constexpr std::size_t fresh_header_json = 760;     // `cryptsetup luksFormat`/anaconda: config, one segment, one digest, one keyslot (732-736)
+constexpr std::size_t keyslot_json = 320;          // one more keyslot (pbkdf2 296, argon2id 300)
+constexpr std::size_t token_entry_overhead = 16;   // `"N":` and separators around a token's own JSON (5)
+constexpr std::size_t seal_state_json = 280;       // seal's luksforge-seal record (209 with one pending keyslot)
+constexpr std::size_t reencryption_json = 1120;    // a running re-encryption besides its new keyslot: reencrypt keyslot, segments, digest (1084)
 
 // Length of the primary header's JSON text as stored (up to the first NUL of the JSON area after the binary
 // header); nullopt when the device cannot be read.
@@ -27,7 +28,9 @@ std::optional<std::size_t> on_disk_json_length(const std::filesystem::path& devi
 struct HeaderUse {
     std::uint64_t metadata_bytes = 0;
     std::size_t json_bytes = 0;
-    std::size_t available() const { return metadata_bytes > binary_header_bytes ? metadata_bytes - binary_header_bytes : 0; }
+    std::size_t available() const {
+        return metadata_bytes > binary_header_bytes ? static_cast<std::size_t>(metadata_bytes - binary_header_bytes - 1) : 0;
+    }
 };
 HeaderUse header_use(const Volume& volume);
 
