@@ -10,6 +10,7 @@
 #include "kickstart_templates.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/pin.hpp>
 #include <luksforge/policy.hpp>
 #include <luksforge/secret.hpp>
 
@@ -104,7 +105,8 @@ void check_policy(const std::string& path) {
     if (policy.trust_on_first_use)
         throw FormatError("policy " + path + " allows trust_on_first_use: an install must bind to pinned or offline "
                           "advertisements");
-    const Policy::PipelineFit fit = policy.pipeline_fit(Policy::metadata_sizes[0]);
+    // Measured exactly: the servers' advertisements are fetched (trusted as the policy says) when not offline.
+    const Policy::PipelineFit fit = policy.pipeline_fit(Policy::metadata_sizes[0], NetworkOptions{});
     if (!fit.fits()) {
         std::string message = "policy " + path + ": anaconda formats LUKS2 with 16 KiB of metadata, and with this policy's " +
                               std::to_string(fit.token.token_bytes) + "-byte token seal needs " +
