@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build luksforge and run the whole test suite (C++ doctest, Python pytest, interoperability, boot proof).
+# Build luksforge and run the whole test suite (C++ doctest, Python pytest, interoperability, boot proof,
+# valgrind memcheck of the CLI, then a short libFuzzer run).
 # Needs root (loop devices, /run locks). Usage: tools/test.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +13,8 @@ cmake --build "$build" -j"$(nproc)"
 # LUKSFORGE_BOOT_FULL=0 leaves it out.
 export LUKSFORGE_BOOT_FULL=${LUKSFORGE_BOOT_FULL:-1}
 ctest --test-dir "$build" --output-on-failure --timeout 3600
+# Hardening (docs/hardening.md): a short libFuzzer run of every fuzz target under ASan+UBSan
+# (LUKSFORGE_FUZZ_SECONDS per target, default 20; 0 leaves it out).
+if [[ ${LUKSFORGE_FUZZ_SECONDS:-20} != 0 ]]; then
+  LUKSFORGE_FUZZ_BUILD="$build-fuzz" bash fuzz/run.sh "${LUKSFORGE_FUZZ_SECONDS:-20}"
+fi
