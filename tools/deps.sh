@@ -15,6 +15,8 @@ packages=(
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap
   mmdebstrap
+  # bench/bench.sh: peak RSS of every timed command
+  time
 )
 missing=()
 for p in "${packages[@]}"; do
