@@ -145,6 +145,23 @@ TEST_CASE("one-pass re-encryption equals libcryptsetup's re-encryption sector by
         }
 
         {
+            // Several instances in one pass (stamp): the base read and decrypted once, encrypted with each key.
+            const fs::path a = dir / "a.img", b = dir / "b.img";
+            SecretBuffer other_key = random_secret(shape.key_bytes);
+            copy.keep_holes = false;
+            Fd fa(::open(a.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600));
+            Fd fb(::open(b.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600));
+            datapath::OnePassStats stats =
+                datapath::reencrypt_copies(copy, {{fa.fd, &new_key}, {fb.fd, &other_key}});
+            CHECK(stats.data_bytes == data_bytes);
+            const std::string got_a = read_file_bytes(a, layout.data_offset, data_bytes);
+            const std::string got_b = read_file_bytes(b, layout.data_offset, data_bytes);
+            CHECK(first_difference(got_a, expected, shape.sector) == -1);
+            CHECK(got_a != got_b);
+            if (shape.key_bytes == 64)
+                CHECK(decrypt_xts_plain64(got_b, other_key, shape.sector) == decrypt_xts_plain64(got_a, new_key, shape.sector));
+        }
+        {
             // Sparse: holes stay holes, the data sectors match, time in proportion to the data.
             const fs::path out = dir / "sparse.img";
             copy.keep_holes = true;

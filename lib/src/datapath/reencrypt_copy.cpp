@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -36,15 +37,20 @@ std::uint64_t size_of(int fd, const std::filesystem::path& path) {
     throw FormatError(path.string() + " is neither a regular file nor a block device");
 }
 
-// Bytes outside the volume go across unchanged (holes kept).
-std::uint64_t copy_plain_range(int in, int out, std::uint64_t begin, std::uint64_t end) {
+// Bytes outside the volume go across unchanged (holes kept), to every output.
+std::uint64_t copy_plain_range(int in, const std::vector<OnePassOutput>& outputs, std::uint64_t begin,
+                               std::uint64_t end) {
     if (begin >= end) return 0;
     const std::vector<Extent> extents = data_extents(in, begin, end, 1);
-    const WorkerFactory identity = [] { return ChunkWork([](std::uint8_t*, std::size_t, std::uint64_t) {}); };
+    const WorkerFactory copy_to_all = [&] {
+        return ChunkWork([&outputs, begin](std::uint8_t* data, std::size_t bytes, std::uint64_t offset) {
+            for (const OnePassOutput& out : outputs) write_exact(out.fd, data, bytes, begin + offset, "the new image");
+        });
+    };
     StreamOptions options;
     options.threads = 1;
     options.chunk_bytes = 1 << 20;
-    return transform_extents(in, begin, out, begin, extents, end - begin, 1, identity, options).bytes_transformed;
+    return stream_extents(in, begin, extents, end - begin, 1, copy_to_all, options).bytes_transformed;
 }
 
 }  // namespace
@@ -56,8 +62,12 @@ std::uint64_t source_bytes(const std::filesystem::path& source) {
 }
 
 OnePassStats reencrypt_copy(const OnePassCopy& copy, int out_fd) {
+    return reencrypt_copies(copy, {OnePassOutput{out_fd, copy.new_key}});
+}
+
+OnePassStats reencrypt_copies(const OnePassCopy& copy, const std::vector<OnePassOutput>& outputs) {
     const auto started = std::chrono::steady_clock::now();
-    if (copy.old_key == nullptr || copy.new_key == nullptr) throw FormatError("one-pass copy without keys");
+    if (copy.old_key == nullptr || outputs.empty()) throw FormatError("one-pass copy without keys or outputs");
     Fd in(::open(copy.source.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.fd < 0) throw Error(errno, "cannot open " + copy.source.string() + ": " + std::strerror(errno));
     const std::uint64_t total = size_of(in.fd, copy.source);
@@ -69,39 +79,58 @@ OnePassStats reencrypt_copy(const OnePassCopy& copy, int out_fd) {
     if ((volume_end - data_begin) % spec.sector_size != 0)
         throw FormatError("the data area of " + copy.source.string() + " is not a whole number of " +
                           std::to_string(spec.sector_size) + "-byte sectors");
-    // Both keys are checked before anything is written.
+    // Every key is checked before anything is written.
     { XtsCipher check_old(spec, *copy.old_key, XtsCipher::Direction::decrypt); }
-    { XtsCipher check_new(spec, *copy.new_key, XtsCipher::Direction::encrypt); }
-
-    if (::ftruncate(out_fd, static_cast<off_t>(total)) != 0)
-        throw Error(errno, std::string("cannot size the new image: ") + std::strerror(errno));
+    for (const OnePassOutput& out : outputs) {
+        if (out.new_key == nullptr) throw FormatError("one-pass output without a key");
+        XtsCipher check_new(spec, *out.new_key, XtsCipher::Direction::encrypt);
+        if (::ftruncate(out.fd, static_cast<off_t>(total)) != 0)
+            throw Error(errno, std::string("cannot size the new image: ") + std::strerror(errno));
+    }
 
     OnePassStats stats;
-    stats.copied_bytes = copy_plain_range(in.fd, out_fd, 0, copy.volume_offset) +
-                         copy_plain_range(in.fd, out_fd, volume_end, total);
+    stats.copied_bytes = copy_plain_range(in.fd, outputs, 0, copy.volume_offset) +
+                         copy_plain_range(in.fd, outputs, volume_end, total);
 
-    // The data area: decrypt with the old key, encrypt with the new one, sector by sector on every core.
+    // The data area: decrypt once with the old key, encrypt with each new one, sector by sector on every core.
     const std::uint64_t data_bytes = volume_end - data_begin;
     const std::vector<Extent> extents =
         copy.keep_holes ? data_extents(in.fd, data_begin, volume_end, spec.sector_size)
                         : std::vector<Extent>{Extent{0, data_bytes}};
     const std::uint64_t iv_tweak = copy.layout.iv_tweak;
+    const std::size_t chunk_bytes = std::max<std::size_t>(copy.stream.chunk_bytes, spec.sector_size);
     const WorkerFactory make_worker = [&]() -> ChunkWork {
         auto decrypt = std::make_shared<XtsCipher>(spec, *copy.old_key, XtsCipher::Direction::decrypt);
-        auto encrypt = std::make_shared<XtsCipher>(spec, *copy.new_key, XtsCipher::Direction::encrypt);
-        return [decrypt, encrypt, iv_tweak](std::uint8_t* data, std::size_t bytes, std::uint64_t offset) {
+        auto encrypt = std::make_shared<std::vector<XtsCipher>>();
+        for (const OnePassOutput& out : outputs) encrypt->emplace_back(spec, *out.new_key, XtsCipher::Direction::encrypt);
+        // With several outputs each needs its own copy of the plaintext to encrypt; wiped when the worker ends.
+        auto scratch = std::shared_ptr<std::uint8_t[]>(outputs.size() > 1 ? new std::uint8_t[chunk_bytes] : nullptr,
+                                                       [chunk_bytes](std::uint8_t* p) {
+                                                           if (p != nullptr) ::explicit_bzero(p, chunk_bytes);
+                                                           delete[] p;
+                                                       });
+        return [decrypt, encrypt, scratch, iv_tweak, &outputs, data_begin](std::uint8_t* data, std::size_t bytes,
+                                                                           std::uint64_t offset) {
             const std::uint64_t iv = iv_tweak + offset / 512;
             decrypt->transform(data, bytes, iv);
-            encrypt->transform(data, bytes, iv);
+            for (std::size_t k = 0; k < outputs.size(); ++k) {
+                std::uint8_t* target = data;
+                if (k + 1 < outputs.size()) {  // the last output may use the plaintext buffer itself
+                    std::memcpy(scratch.get(), data, bytes);
+                    target = scratch.get();
+                }
+                (*encrypt)[k].transform(target, bytes, iv);
+                write_exact(outputs[k].fd, target, bytes, data_begin + offset, "the new image");
+            }
         };
     };
     const StreamResult result =
-        transform_extents(in.fd, data_begin, out_fd, data_begin, extents, data_bytes, spec.sector_size, make_worker,
-                          copy.stream);
+        stream_extents(in.fd, data_begin, extents, data_bytes, spec.sector_size, make_worker, copy.stream);
     stats.data_bytes = result.bytes_transformed;
     stats.hole_bytes = result.bytes_skipped;
     stats.threads = result.threads;
-    if (::fdatasync(out_fd) != 0) throw Error(errno, std::string("cannot sync the new image: ") + std::strerror(errno));
+    for (const OnePassOutput& out : outputs)
+        if (::fdatasync(out.fd) != 0) throw Error(errno, std::string("cannot sync the new image: ") + std::strerror(errno));
     stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     return stats;
 }

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <vector>
 
 namespace luksforge::datapath {
 
@@ -27,9 +28,15 @@ struct OnePassCopy {
     std::uint64_t volume_bytes = 0;        // the volume's size; 0 = to the end of the source
     SegmentLayout layout;
     const SecretBuffer* old_key = nullptr;
-    const SecretBuffer* new_key = nullptr;
+    const SecretBuffer* new_key = nullptr; // reencrypt_copy() with one output
     bool keep_holes = true;
     StreamOptions stream;                  // threads, chunk size, progress of the data area
+};
+
+// One image written by a pass: a new, empty file and its volume key.
+struct OnePassOutput {
+    int fd = -1;
+    const SecretBuffer* new_key = nullptr;
 };
 
 struct OnePassStats {
@@ -43,6 +50,10 @@ struct OnePassStats {
 // Write the whole image of `copy` into `out_fd`, a new, empty file (its size is set here): everything but the
 // volume's header area, then fdatasync. Throws Error on I/O failures, FormatError on a bad layout.
 OnePassStats reencrypt_copy(const OnePassCopy& copy, int out_fd);
+
+// The same for several images at once: the source is read and decrypted once, then encrypted with each
+// output's key and written to it (stamp's instances). copy.new_key is ignored.
+OnePassStats reencrypt_copies(const OnePassCopy& copy, const std::vector<OnePassOutput>& outputs);
 
 // The size of what reencrypt_copy() writes: the source's size.
 std::uint64_t source_bytes(const std::filesystem::path& source);

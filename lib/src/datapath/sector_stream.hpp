@@ -31,23 +31,24 @@ struct StreamOptions {
     std::function<void(std::uint64_t, std::uint64_t)> progress;
 };
 
-// Work one worker thread does on a chunk: transform `bytes` in place; `offset` is the chunk's offset from the
-// start of the source range. Created once per worker (its cipher contexts are not shared between threads).
+// Work one worker thread does on a chunk it has read: transform it and write it wherever it belongs (it may
+// change `data` in place); `offset` is the chunk's offset from the start of the source range. Created once per
+// worker (its cipher contexts and scratch buffers are not shared between threads).
 using ChunkWork = std::function<void(std::uint8_t* data, std::size_t bytes, std::uint64_t offset)>;
 using WorkerFactory = std::function<ChunkWork()>;
 
 struct StreamResult {
-    std::uint64_t bytes_transformed = 0;       // data read, transformed and written
+    std::uint64_t bytes_transformed = 0;       // data read and handed to the workers
     std::uint64_t bytes_skipped = 0;           // holes left as holes
     unsigned threads = 0;
 };
 
-// Transform `extents` (offsets relative to `in_base`; lengths multiples of the granule that chunk_bytes is
-// rounded to) from `in_fd` at in_base + offset to `out_fd` at out_base + offset. Errors of any worker (I/O,
-// cipher) stop all of them and are rethrown here. Does not fsync.
-StreamResult transform_extents(int in_fd, std::uint64_t in_base, int out_fd, std::uint64_t out_base,
-                               const std::vector<Extent>& extents, std::uint64_t range_bytes, std::uint64_t granule,
-                               const WorkerFactory& make_worker, const StreamOptions& options = {});
+// Read `extents` (offsets relative to `in_base`; lengths multiples of the granule that chunk_bytes is rounded
+// to) from `in_fd` at in_base + offset, each byte once, and hand every chunk to a worker. Errors of any worker
+// (I/O, cipher) stop all of them and are rethrown here.
+StreamResult stream_extents(int in_fd, std::uint64_t in_base, const std::vector<Extent>& extents,
+                            std::uint64_t range_bytes, std::uint64_t granule, const WorkerFactory& make_worker,
+                            const StreamOptions& options = {});
 
 // CPUs this process may run on (sched_getaffinity), at least 1.
 unsigned usable_cpus() noexcept;

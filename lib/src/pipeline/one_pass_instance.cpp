@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <memory>
+#include <vector>
 #include <cstring>
 
 namespace luksforge::detail {
@@ -60,33 +62,12 @@ std::variant<OnePassSource, std::string> one_pass_source(const Volume& volume, c
     return source;
 }
 
-OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBinding& binding,
-                                  const std::filesystem::path& destination,
-                                  const std::filesystem::path& scratch_header, bool keep_holes,
-                                  const std::function<void(const char*)>& crash_point,
-                                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+namespace {
+
+// The header of one image, made apart and written last (see the file comment).
+OnePassImage finish_one_pass_image(const OnePassSource& source, const OnePassBinding& binding,
+                                   const SecretBuffer& new_key, int out_fd, const std::filesystem::path& scratch_header) {
     OnePassImage image;
-    const SecretBuffer new_key = random_secret(source.layout.cipher.key_bytes);
-
-    // Instances carry key material: never readable by others, not even for a moment.
-    Fd out(::open(destination.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-    if (out.fd < 0) throw Error(errno, "cannot create " + destination.string() + ": " + std::strerror(errno));
-    ::fchmod(out.fd, 0600);  // whatever the umask
-
-    // 1. Everything but the header: the data area re-encrypted, the rest of the image as it is.
-    datapath::OnePassCopy copy;
-    copy.source = source.target.image;
-    copy.volume_offset = source.target.offset_bytes;
-    copy.volume_bytes = source.target.size_bytes;
-    copy.layout = source.layout;
-    copy.old_key = &source.volume_key;
-    copy.new_key = &new_key;
-    copy.keep_holes = keep_holes;
-    copy.stream.progress = progress;
-    image.stats = datapath::reencrypt_copy(copy, out.fd);
-    if (crash_point) crash_point("one-pass-data-written");
-
-    // 2. The header apart: format for the new key, carry the base's keyslot-less tokens, bind, verify.
     const auto bind_started = std::chrono::steady_clock::now();
     ScratchFile scratch(scratch_header);
     const std::uint64_t volume_bytes = source.target.size_bytes != 0
@@ -110,11 +91,72 @@ OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBind
         image.uuid = header.inspect().uuid;
     }
     image.bind_seconds = seconds_since(bind_started);
+    // Last: the header into the new file (fsynced).
+    datapath::write_instance_header(scratch_header, out_fd, source.target.offset_bytes, source.layout.data_offset);
+    return image;
+}
 
-    // 3. Last: the header into the new file (fsynced).
-    datapath::write_instance_header(scratch_header, out.fd, source.target.offset_bytes, source.layout.data_offset);
+// New files for the images: instances carry key material, never readable by others, not even for a moment.
+std::vector<std::unique_ptr<Fd>> create_images(const std::vector<std::filesystem::path>& destinations) {
+    std::vector<std::unique_ptr<Fd>> files;
+    for (const std::filesystem::path& destination : destinations) {
+        auto fd = std::make_unique<Fd>(::open(destination.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+        if (fd->fd < 0) throw Error(errno, "cannot create " + destination.string() + ": " + std::strerror(errno));
+        ::fchmod(fd->fd, 0600);  // whatever the umask
+        files.push_back(std::move(fd));
+    }
+    return files;
+}
+
+datapath::OnePassCopy copy_spec(const OnePassSource& source, bool keep_holes) {
+    datapath::OnePassCopy copy;
+    copy.source = source.target.image;
+    copy.volume_offset = source.target.offset_bytes;
+    copy.volume_bytes = source.target.size_bytes;
+    copy.layout = source.layout;
+    copy.old_key = &source.volume_key;
+    copy.keep_holes = keep_holes;
+    return copy;
+}
+
+}  // namespace
+
+OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBinding& binding,
+                                  const std::filesystem::path& destination,
+                                  const std::filesystem::path& scratch_header, bool keep_holes,
+                                  const std::function<void(const char*)>& crash_point,
+                                  const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
+    const SecretBuffer new_key = random_secret(source.layout.cipher.key_bytes);
+    std::vector<std::unique_ptr<Fd>> files = create_images({destination});
+    // 1. Everything but the header: the data area re-encrypted, the rest of the image as it is.
+    datapath::OnePassCopy copy = copy_spec(source, keep_holes);
+    copy.new_key = &new_key;
+    copy.stream.progress = progress;
+    const datapath::OnePassStats stats = datapath::reencrypt_copy(copy, files[0]->fd);
+    if (crash_point) crash_point("one-pass-data-written");
+    // 2. The header apart, then into the file.
+    OnePassImage image = finish_one_pass_image(source, binding, new_key, files[0]->fd, scratch_header);
+    image.stats = stats;
     if (crash_point) crash_point("one-pass-header-written");
     return image;
+}
+
+void write_one_pass_images(const OnePassSource& source, const OnePassBinding& binding,
+                           const std::vector<std::filesystem::path>& destinations,
+                           const std::vector<std::filesystem::path>& scratch_headers, bool keep_holes,
+                           const std::function<void(std::size_t, const OnePassImage&)>& on_finished) {
+    if (scratch_headers.size() != destinations.size()) throw FormatError("one scratch header per image");
+    std::vector<SecretBuffer> keys;
+    for (std::size_t i = 0; i < destinations.size(); ++i) keys.push_back(random_secret(source.layout.cipher.key_bytes));
+    std::vector<std::unique_ptr<Fd>> files = create_images(destinations);
+    std::vector<datapath::OnePassOutput> outputs;
+    for (std::size_t i = 0; i < destinations.size(); ++i) outputs.push_back({files[i]->fd, &keys[i]});
+    const datapath::OnePassStats stats = datapath::reencrypt_copies(copy_spec(source, keep_holes), outputs);
+    for (std::size_t i = 0; i < destinations.size(); ++i) {
+        OnePassImage image = finish_one_pass_image(source, binding, keys[i], files[i]->fd, scratch_headers[i]);
+        image.stats = stats;
+        on_finished(i, image);
+    }
 }
 
 }  // namespace luksforge::detail

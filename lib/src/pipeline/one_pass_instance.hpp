@@ -53,11 +53,20 @@ struct OnePassImage {
 // Write a re-keyed, bound and verified copy of `source` into the new file `destination` (created 0600; must
 // not exist). Its only keyslot is the new binding's. `scratch_header` is a private path for the header while it
 // is made (removed before returning). `crash_point` is called with "one-pass-data-written" and
-// "one-pass-header-written" (test hook); `progress` with the data area's (done, total) bytes. Throws TangError when the binding cannot be verified.
+// "one-pass-header-written" (test hook); `progress` with the data area's (done, total) bytes. Throws
+// TangError when the binding cannot be verified.
 OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBinding& binding,
                                   const std::filesystem::path& destination,
                                   const std::filesystem::path& scratch_header, bool keep_holes,
                                   const std::function<void(const char*)>& crash_point,
                                   const std::function<void(std::uint64_t, std::uint64_t)>& progress);
+
+// Several at once (stamp): the source is read and decrypted once for all of them; then each image's header is
+// made, bound, verified and written, and `on_finished(index, image)` is called right after (it may publish the
+// image, or throw to stop: images not finished yet are left for the caller's clean-up).
+void write_one_pass_images(const OnePassSource& source, const OnePassBinding& binding,
+                           const std::vector<std::filesystem::path>& destinations,
+                           const std::vector<std::filesystem::path>& scratch_headers, bool keep_holes,
+                           const std::function<void(std::size_t, const OnePassImage&)>& on_finished);
 
 }  // namespace luksforge::detail

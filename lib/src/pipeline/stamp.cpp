@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <memory>
 #include <variant>
 
 namespace luksforge {
@@ -165,37 +166,15 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
         return out_dir / (stem + suffix);
     };
 
-    for (std::size_t index = 0; index < count; ++index) {
-        ++number;
-        std::filesystem::path final_path = instance_path(number);
-        // Private to this process: a concurrent stamp into the same directory never touches it.
-        const std::filesystem::path partial =
-            out_dir / ("." + final_path.filename().string() + "." + std::to_string(::getpid()) + ".partial");
-        if (options.on_instance) options.on_instance(final_path, index, count);
-        TemporaryFile temporary(partial);
-        StampedInstance instance;
-        instance.image = final_path;
-        if (one_pass) {
-            // Read the base once; the instance's header is made apart and written last.
-            const std::filesystem::path scratch =
-                out_dir / ("." + final_path.filename().string() + ".header." + std::to_string(::getpid()) + ".partial");
-            DeviceLock base_lock = DeviceLock::acquire(base, false);
-            const detail::OnePassImage made = detail::write_one_pass_image(
-                *one_pass, {binding, options.pin_options, options.keyslot_pbkdf}, partial, scratch, options.keep_holes,
-                nullptr, nullptr);
-            instance.keyslot = made.keyslot;
-            instance.token = made.token;
-            instance.fingerprint = made.fingerprint;
-            instance.uuid = made.uuid;
-            report.data_bytes = made.stats.data_bytes;
-            report.hole_bytes = made.stats.hole_bytes;
-        } else {
-            make_instance_by_reencryption(base, base_target, partial, base_passphrase, binding, options, instance);
-        }
+    // Private to this process: a concurrent stamp into the same directory never touches it.
+    const auto hidden = [&](const std::filesystem::path& final_path, const char* kind) {
+        return out_dir / ("." + final_path.filename().string() + kind + std::to_string(::getpid()) + ".partial");
+    };
+    // Record, then publish under the next free name (another stamp may have taken this one meanwhile).
+    const auto publish = [&](StampedInstance instance, const std::filesystem::path& partial,
+                             std::filesystem::path final_path, TemporaryFile& temporary) {
         if (instance.fingerprint == report.base_fingerprint)
             throw Error(EIO, "instance " + final_path.string() + " still carries the base's volume key");
-
-        // Record, then publish under the next free name (another stamp may have taken this one meanwhile).
         for (int attempt = 0;; ++attempt) {
             std::optional<std::int64_t> reservation;
             if (ledger) {
@@ -220,6 +199,48 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
         temporary.dismiss();
         fsync_directory(out_dir);
         report.instances.push_back(std::move(instance));
+    };
+
+    // One pass over the base serves up to this many instances (bounded open files and temporary disk space).
+    constexpr std::size_t instances_per_pass = 8;
+    for (std::size_t index = 0; index < count;) {
+        if (!one_pass) {
+            const std::filesystem::path final_path = instance_path(++number);
+            const std::filesystem::path partial = hidden(final_path, ".");
+            if (options.on_instance) options.on_instance(final_path, index, count);
+            TemporaryFile temporary(partial);
+            StampedInstance instance;
+            make_instance_by_reencryption(base, base_target, partial, base_passphrase, binding, options, instance);
+            publish(std::move(instance), partial, final_path, temporary);
+            ++index;
+            continue;
+        }
+        // The base is read and decrypted once for the whole batch; each instance's header is made apart and
+        // written last, then the instance is published before the next one's header is made.
+        const std::size_t batch = std::min(instances_per_pass, count - index);
+        std::vector<std::filesystem::path> finals, partials, scratches;
+        std::vector<std::unique_ptr<TemporaryFile>> temporaries;
+        for (std::size_t b = 0; b < batch; ++b) {
+            finals.push_back(instance_path(++number));
+            partials.push_back(hidden(finals.back(), "."));
+            scratches.push_back(hidden(finals.back(), ".header."));
+            temporaries.push_back(std::make_unique<TemporaryFile>(partials.back()));
+        }
+        DeviceLock base_lock = DeviceLock::acquire(base, false);
+        detail::write_one_pass_images(
+            *one_pass, {binding, options.pin_options, options.keyslot_pbkdf}, partials, scratches, options.keep_holes,
+            [&](std::size_t b, const detail::OnePassImage& made) {
+                if (options.on_instance) options.on_instance(finals[b], index + b, count);
+                StampedInstance instance;
+                instance.keyslot = made.keyslot;
+                instance.token = made.token;
+                instance.fingerprint = made.fingerprint;
+                instance.uuid = made.uuid;
+                report.data_bytes = made.stats.data_bytes;
+                report.hole_bytes = made.stats.hole_bytes;
+                publish(std::move(instance), partials[b], finals[b], *temporaries[b]);
+            });
+        index += batch;
     }
     return report;
 }
