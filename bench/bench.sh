@@ -131,7 +131,7 @@ seal_case() {  # $1 case name, $2 MiB, $3 rounds
         local variants=(inplace)
         [ ${#seal_copy[@]} -gt 0 ] && variants+=(copy)
         for v in "${variants[@]}"; do
-            cp --sparse=never "$work/master.img" "$work/ours.img"; sync "$work/ours.img"
+            cp --sparse=never "$work/master.img" "$work/ours.img"; sync
             local extra=(); [ "$v" = copy ] && extra=("${seal_copy[@]}")
             measure "$name" "luksforge-$v" $((size << 20)) "$luksforge" seal "$work/ours.img" --policy "$work/policy.toml" \
                 --build-passphrase-file "$work/pass" --no-ledger -q "${extra[@]}"
@@ -139,7 +139,7 @@ seal_case() {  # $1 case name, $2 MiB, $3 rounds
             [ "$(fingerprint "$work/ours.img")" != "$before" ] || fail "seal kept the volume key"
             [ "$(sample "$work/ours.img" "$work/check.pass")" = "$plain" ] || fail "seal changed the plaintext"
         done
-        cp --sparse=never "$work/master.img" "$work/stock.img"; sync "$work/stock.img"
+        cp --sparse=never "$work/master.img" "$work/stock.img"; sync
         measure "$name" stock $((size << 20)) bash -c "cryptsetup reencrypt -q --force-offline-reencrypt --key-file '$work/pass' '$work/stock.img' &&
             clevis luks bind -y -d '$work/stock.img' -k '$work/pass' tang '$config' &&
             cryptsetup luksRemoveKey -q '$work/stock.img' '$work/pass'"
@@ -162,7 +162,7 @@ stamp_case() {  # $1 case name, $2 MiB, $3 count, $4 rounds
     plain=$(sample "$work/base.img" "$work/base.pass")
     sync
     for i in $(seq "$n"); do
-        rm -rf "$work/out" "$work/stock"; mkdir "$work/out" "$work/stock"
+        rm -rf "$work/out" "$work/stock"; mkdir "$work/out" "$work/stock"; sync  # freed blocks (discard) outside the timing
         measure "$name" luksforge $((size * n_inst << 20)) "$luksforge" stamp "$work/base.img" --count "$n_inst" \
             --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
         local script=""
@@ -198,11 +198,11 @@ sparse_case() {
     "$luksforge" seal "$work/sparse.img" --policy "$work/policy.toml" --build-passphrase-file "$work/pass" --no-ledger -q ${seal_copy[@]+"${seal_copy[@]}"}
     local allocated; allocated=$(( $(stat -c %b "$work/sparse.img") * 512 ))
     for i in $(seq "$rounds"); do
-        rm -rf "$work/out"; mkdir "$work/out"
+        rm -rf "$work/out"; mkdir "$work/out"; sync
         measure "stamp 1x${mib}M sparse" luksforge "$allocated" "$luksforge" stamp "$work/sparse.img" --count 1 \
             --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
         for inst in "$work"/out/*.img; do check_clevis_opens "$inst"; done
-        rm -rf "$work/out"; mkdir "$work/out"
+        rm -rf "$work/out"; mkdir "$work/out"; sync
         measure "stamp 1x${mib}M dense" luksforge $((mib << 20)) "$luksforge" stamp "$work/base.img" --count 1 \
             --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
         for inst in "$work"/out/*.img; do check_clevis_opens "$inst"; done
@@ -215,7 +215,7 @@ sparse_case
 for i in $(seq "$rounds"); do
     measure "cp+fsync ${mib}M" cp $((mib << 20)) bash -c "cp --sparse=never '$work/base.img' '$work/copy.img' && sync '$work/copy.img'"
     cmp -s "$work/base.img" "$work/copy.img" || fail "cp made a different file"
-    rm -f "$work/copy.img"
+    rm -f "$work/copy.img"; sync
 done
 openssl_mbs() {  # $@ extra openssl speed args → MB/s on 4 KiB blocks (the 16384-byte column scaled alike)
     openssl speed -evp aes-256-xts -bytes 4096 -seconds 2 "$@" 2>/dev/null | awk '/^(evp|aes-256-xts|AES-256-XTS)/ {v=$NF} END {sub("k","",v); printf "%.0f", v * 1000 / 1e6}'
