@@ -2,7 +2,7 @@
 // volume opens through the old or the new binding (stock Clevis and cryptsetup agree), a rerun of the same
 // command ends in the intended state, and no keyslot or helper token is left behind. Also regen in place on a
 // default 16 KiB header with sss over 3 Tang servers, and regen from an existing passphrase once the old Tang
-// keys are gone.
+// keys are gone. LUKSFORGE_CRASH_GDB=1 adds kills under gdb at libcryptsetup's own keyslot writes.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -213,4 +213,39 @@ TEST_CASE("regen once the old Tang keys are gone: refused without, done with an 
     CHECK(regen.out.find(R"("used_existing_passphrase":true)") != std::string::npos);
     CHECK(stock_clevis_opens(image.path, 1));
     CHECK(keyslots(image.path) == std::set<int>{0, 1});
+}
+
+TEST_CASE("gdb: SIGKILL at libcryptsetup's own keyslot writes during regen; the rerun still finishes") {
+    // ~60 s under gdb: off in the default run, on with LUKSFORGE_CRASH_GDB=1.
+    const char* wanted = std::getenv("LUKSFORGE_CRASH_GDB");
+    if (wanted == nullptr || std::string(wanted) != "1" || !have_program("gdb")) {
+        MESSAGE("set LUKSFORGE_CRASH_GDB=1 (and install gdb) to run the gdb kills");
+        return;
+    }
+    TangServer tang;
+    // Each libcryptsetup call regen makes to write a keyslot, and which hit of it to stop at.
+    for (const auto& [function, hit] : {std::pair{"crypt_keyslot_add_by_key", 1}, std::pair{"crypt_keyslot_add_by_key", 2},
+                                        std::pair{"crypt_keyslot_destroy", 1}, std::pair{"crypt_keyslot_destroy", 2}}) {
+        CAPTURE(function);
+        CAPTURE(hit);
+        Image image;
+        REQUIRE(run_cli({"bind", image.path.string(), "tang", pinned(tang), "--passphrase-file",
+                         image.pass_file.string()})
+                    .exit_code == 0);
+        tang.rotate();
+        ::unsetenv("DEBUGINFOD_URLS");
+        const RunResult gdb = run({"gdb", "-nx", "-batch", "-ex", "set breakpoint pending on", "-ex",
+                                   std::string("break ") + function, "-ex", "ignore 1 " + std::to_string(hit - 1),
+                                   "-ex", "run", "-ex", "signal SIGKILL", "--args", LUKSFORGE_CLI, "regen",
+                                   image.path.string(), "--slot", "1"});
+        CHECK_MESSAGE(gdb.out.find("Breakpoint 1,") != std::string::npos, gdb.out << gdb.err);
+        CHECK_MESSAGE(gdb.out.find("SIGKILL") != std::string::npos, gdb.out);
+        CHECK(run({"cryptsetup", "luksDump", image.path.string()}).exit_code == 0);
+        CHECK_MESSAGE(any_binding_opens(image.path), "no Clevis binding opens the volume");
+        const RunResult rerun = run_cli({"regen", image.path.string(), "--slot", "1"});
+        REQUIRE_MESSAGE(rerun.exit_code == 0, rerun.err);
+        CHECK(keyslots(image.path) == std::set<int>{0, 1});
+        CHECK(tokens(image.path).size() == 1);
+        CHECK(stock_clevis_opens(image.path, 1));
+    }
 }
