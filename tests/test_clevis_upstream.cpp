@@ -233,7 +233,18 @@ TEST_CASE("list-tang, list-sss-tang, list-recursive, list-multiple-slots (-luks2
     }
     CHECK(run_cli({"list", dev.path.string(), "-p"}).out == "1: tang\n2: null\n");
     CHECK(run_cli({"list", dev.path.string(), "-p", "-s", "2"}).out == "2: null\n");
-    CHECK(run_cli({"pass", dev.path.string(), "--slot", "2"}).exit_code == 0);
+    // The null pin both ways with stock clevis 19: its pass opens ours, ours opens its.
+    const RunResult null_pass = run_cli({"pass", dev.path.string(), "--slot", "2"});
+    REQUIRE(null_pass.exit_code == 0);
+    CHECK(run_ok({"clevis", "luks", "pass", "-d", dev.path.string(), "-s", "2"}) == null_pass.out);
+    REQUIRE(run({"clevis", "luks", "bind", "-d", dev.path.string(), "-k", dev.pass_file.string(), "-s", "5", "null",
+                 "{}"})
+                .exit_code == 0);
+    const RunResult theirs = run_cli({"pass", dev.path.string(), "--slot", "5"});
+    REQUIRE_MESSAGE(theirs.exit_code == 0, theirs.err);
+    CHECK(opens(dev, 5, theirs.out));
+    // {"fail":true}: a null share that never decrypts, so the proof fails and nothing stays.
+    CHECK(bind_cli(dev, "null", R"({"fail":true})").exit_code == 3);
 }
 
 TEST_CASE("pass-tang-luks2 and unlock-tang-luks2: pass opens its slot; rotation keeps, deletion ends unlocking") {
