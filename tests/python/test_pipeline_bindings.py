@@ -153,6 +153,14 @@ def test_stamp_clone_audit(tang, luks_image, passphrase, tmp_path):
     assert audit.flagged_groups == 1 and len(audit.volumes) == 4
     assert {m.image for m in audit.groups[0].members} == {str(luks_image), str(tmp_path / "clone.img")}
     assert "clone.img" in audit.to_text()
+    # The sealed image's binding trusts this Tang, whose private keys are on the audited host.
+    exposed = luksforge.audit([luks_image], tang_key_dirs=[tang.keydir])
+    assert exposed.tang_keys_in_images == []
+    assert {x.role for x in exposed.tang_key_exposures} == {"signing", "exchange"}
+    assert all(not x.same_image and x.key_location.startswith(str(tang.keydir)) for x in exposed.tang_key_exposures)
+    assert exposed.to_dict()["tang_key_exposures"][0]["url"] == tang.url
+    assert luksforge.audit([luks_image], tang_key_dirs=[tmp_path / "none"]).tang_key_exposures == []
+    assert luksforge.audit([luks_image], scan_tang_keys=False, tang_key_dirs=[tang.keydir]).tang_key_exposures == []
 
 
 def test_exception_in_on_instance_stops_stamping(tang, luks_image, passphrase, tmp_path):

@@ -133,11 +133,29 @@ void register_pipeline(py::module_& m) {
         .def_readonly("flagged", &AuditGroup::flagged)
         .def_readonly("ledger_instances", &AuditGroup::ledger_instances)
         .def_readonly("ledger_images", &AuditGroup::ledger_images);
+    py::class_<FoundTangKey>(m, "FoundTangKey", "A private JWK in a scanned image or a host Tang key directory.")
+        .def_readonly("location", &FoundTangKey::location)
+        .def_readonly("image", &FoundTangKey::image)
+        .def_readonly("partition", &FoundTangKey::partition)
+        .def_readonly("offset", &FoundTangKey::offset)
+        .def_readonly("kty", &FoundTangKey::kty)
+        .def_readonly("alg", &FoundTangKey::alg)
+        .def_readonly("thumbprint", &FoundTangKey::thumbprint);
+    py::class_<TangKeyExposure>(m, "TangKeyExposure", "A binding whose trusted Tang key is on its image or this host.")
+        .def_readonly("volume", &TangKeyExposure::volume)
+        .def_readonly("keyslot", &TangKeyExposure::keyslot)
+        .def_readonly("url", &TangKeyExposure::url)
+        .def_readonly("role", &TangKeyExposure::role)
+        .def_readonly("thumbprint", &TangKeyExposure::thumbprint)
+        .def_readonly("key_location", &TangKeyExposure::key_location)
+        .def_readonly("same_image", &TangKeyExposure::same_image);
     py::class_<AuditReport>(m, "AuditReport", "Images grouped by volume-key fingerprint; groups beyond the limit flagged.")
         .def_readonly("max_per_key", &AuditReport::max_per_key)
         .def_readonly("volumes", &AuditReport::volumes)
         .def_readonly("groups", &AuditReport::groups)
         .def_readonly("skipped", &AuditReport::skipped)
+        .def_readonly("tang_keys_in_images", &AuditReport::tang_keys_in_images)
+        .def_readonly("tang_key_exposures", &AuditReport::tang_key_exposures)
         .def_property_readonly("flagged_groups", &AuditReport::flagged_groups)
         .def("to_json", &AuditReport::to_json)
         .def("to_dict", [](const AuditReport& r) { return json_object(r.to_json()); })
@@ -242,16 +260,21 @@ instance starts (index from 0); an exception raised in it stops stamping there a
 
     m.def("audit", [](const std::vector<std::filesystem::path>& paths, std::optional<std::uint64_t> max_per_key,
                       std::optional<std::filesystem::path> policy, std::optional<std::filesystem::path> ledger,
-                      bool recursive) {
+                      bool recursive, bool scan_tang_keys, std::optional<std::vector<std::filesystem::path>> tang_key_dirs) {
         AuditOptions options;
         options.ledger = ledger;
         options.recursive = recursive;
+        options.scan_tang_keys = scan_tang_keys;
+        if (tang_key_dirs) options.tang_key_dirs = *tang_key_dirs;
         py::gil_scoped_release release;
         if (policy) options.max_per_key = Policy::load(*policy).max_instances_per_key;
         if (max_per_key) options.max_per_key = *max_per_key;
         return audit(paths, options);
     }, "paths"_a, py::kw_only(), "max_per_key"_a = py::none(), "policy"_a = py::none(), "ledger"_a = py::none(),
-       "recursive"_a = false, "Group images/devices/directories by volume-key fingerprint; flag keys shared beyond the limit.");
+       "recursive"_a = false, "scan_tang_keys"_a = true, "tang_key_dirs"_a = py::none(),
+       "Group images/devices/directories by volume-key fingerprint; flag keys shared beyond the limit; find Tang "
+       "private keys in plaintext partitions and bindings whose trusted Tang key is on the image or in tang_key_dirs "
+       "(default /var/db/tang, /var/cache/tang).");
 }
 
 }  // namespace luksforge::python
