@@ -9,10 +9,14 @@
 
 #include <fmt/core.h>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <csignal>
+#include <cstring>
 
 #include <memory>
 #include <optional>
@@ -127,6 +131,60 @@ void print_inspection(const Inspection& info) {
     }
 }
 
+// A LUKS2 header with no keyslot at all and no token is what a format killed between writing the header and
+// adding keyslot 0 leaves: nothing opens it, so nothing is lost by formatting again (rerunning the same command
+// finishes the job). Any keyslot, token or LUKS1 header means a volume someone may still need.
+bool is_interrupted_format(const std::string& image) {
+    try {
+        std::optional<Volume> volume = Volume::probe(image);
+        return volume && volume->luks_version() == 2 && volume->keyslots().empty() && volume->tokens().empty();
+    } catch (const Error&) {
+        return false;
+    }
+}
+
+// `.NAME.PID.partial` next to NAME: private to this process.
+std::filesystem::path partial_path_for(const std::filesystem::path& image) {
+    return image.parent_path() / ("." + image.filename().string() + "." + std::to_string(::getpid()) + ".partial");
+}
+
+// Leftovers of a format of `image` killed before its rename (their process is gone).
+void remove_stale_partials_of(const std::filesystem::path& image) {
+    const std::string prefix = "." + image.filename().string() + ".";
+    std::error_code ec;
+    const std::filesystem::path dir = image.parent_path().empty() ? std::filesystem::path(".") : image.parent_path();
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+        const std::string name = entry.path().filename().string();
+        if (!name.starts_with(prefix) || !name.ends_with(".partial")) continue;
+        const std::string pid = name.substr(prefix.size(), name.size() - prefix.size() - 8);
+        if (pid.empty() || pid.find_first_not_of("0123456789") != std::string::npos) continue;
+        if (::kill(static_cast<pid_t>(std::stol(pid)), 0) != 0 && errno == ESRCH) ::unlink(entry.path().c_str());
+    }
+}
+
+// fsync the formatted file, rename it to `image` (never replacing one that appeared meanwhile), fsync the directory.
+void publish_formatted_file(const std::filesystem::path& partial, const std::filesystem::path& image) {
+    const int fd = ::open(partial.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || ::fsync(fd) != 0) {
+        const int code = errno;
+        if (fd >= 0) ::close(fd);
+        ::unlink(partial.c_str());
+        throw Error(code, "cannot sync " + partial.string() + ": " + std::strerror(code));
+    }
+    ::close(fd);
+    if (::renameat2(AT_FDCWD, partial.c_str(), AT_FDCWD, image.c_str(), RENAME_NOREPLACE) != 0) {
+        const int code = errno;
+        ::unlink(partial.c_str());
+        throw Error(code, "cannot rename " + partial.string() + " to " + image.string() + ": " + std::strerror(code));
+    }
+    const std::filesystem::path dir = image.parent_path().empty() ? std::filesystem::path(".") : image.parent_path();
+    const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd >= 0) {
+        ::fsync(dir_fd);
+        ::close(dir_fd);
+    }
+}
+
 void register_format(CLI::App& app) {
     struct Options {
         std::string image;
@@ -170,7 +228,7 @@ void register_format(CLI::App& app) {
         // Like cryptsetup's confirmation prompt, but scriptable: never destroy recognisable data unasked.
         std::error_code ec;
         if (!o->force && std::filesystem::exists(o->image, ec))
-            if (const auto content = detect_content(o->image))
+            if (const auto content = detect_content(o->image); content && !is_interrupted_format(o->image))
                 throw FormatError(o->image + " already holds " + *content +
                                   "; luksforge format would destroy it (pass --force to overwrite)");
         FormatOptions options;
@@ -201,10 +259,21 @@ void register_format(CLI::App& app) {
         }
         SecretBuffer passphrase = o->passphrase.read();
         if (passphrase.empty()) throw FormatError("the passphrase is empty");
-        if (!o->size.empty()) Volume::ensure_file_size(o->image, parse_size(o->size));
-        Volume volume = Volume::format(o->image, options);
+        // A new file is made whole under a hidden name and renamed into place: killed before, there is no
+        // half-formatted IMAGE (the next format of it removes the leftover); an existing file or device is
+        // formatted in place (a rerun finishes a volume left without keyslot 0, see is_interrupted_format).
+        std::error_code exists_ec;
+        const bool create = !o->size.empty() && !std::filesystem::exists(o->image, exists_ec);
+        const std::filesystem::path target = create ? partial_path_for(o->image) : std::filesystem::path(o->image);
+        if (create) remove_stale_partials_of(o->image);
+        if (!o->size.empty()) Volume::ensure_file_size(target, parse_size(o->size));
+        Volume volume = Volume::format(target, options);
         const int slot = volume.add_keyslot_by_volume_key(passphrase.view(), options.pbkdf);
-        const Inspection info = volume.inspect();
+        Inspection info = volume.inspect();
+        if (create) {
+            publish_formatted_file(target, o->image);
+            info.path = o->image;  // inspected under its hidden name
+        }
         if (o->json) {
             print_json(info.to_json());
         } else {

@@ -28,6 +28,15 @@ bool json_array_has_string(const json_t* array, std::string_view value) {
     return false;
 }
 
+bool is_backup_segment(const json_t* segment) {
+    std::size_t i = 0;
+    json_t* flag = nullptr;
+    json_array_foreach(json_object_get(segment, "flags"), i, flag) {
+        if (json_is_string(flag) && std::string_view(json_string_value(flag)).starts_with("backup-")) return true;
+    }
+    return false;
+}
+
 // SHA-256 over a canonical (sorted-key, compact) JSON array of the public digest objects bound to the data
 // segments in use. The digest's salt and value are public header data, but equal only for the same key.
 std::string fingerprint_of(const json_t* header) {
@@ -37,8 +46,9 @@ std::string fingerprint_of(const json_t* header) {
     const char* key = nullptr;
     json_t* value = nullptr;
     json_object_foreach(const_cast<json_t*>(segments), key, value) {
-        // Re-encryption keeps "backup-*" segments that describe old/new state; they are not data segments.
-        if (json_array_size(json_object_get(value, "flags")) != 0) continue;
+        // Re-encryption keeps "backup-*" segments that describe old/new state; they are not data segments. A
+        // hotzone flagged "in-reencryption" is one (interrupted mid-write it may be the only data segment).
+        if (is_backup_segment(value)) continue;
         data_segments.emplace_back(key);
     }
     std::vector<std::pair<int, const json_t*>> bound;

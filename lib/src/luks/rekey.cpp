@@ -2,6 +2,10 @@
 // resuming an interrupted one. Read Volume::rekey() first: it is the list of steps below.
 #include "luks/volume_internal.hpp"
 
+#include "luks/reencrypt_lock.hpp"
+#include "luks/reencrypt_teardown.hpp"
+#include "luks/rekey_leftovers.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <exception>
@@ -47,9 +51,19 @@ std::vector<int> tokens_serving_a_keyslot(const Volume& volume) {
     return serving;
 }
 
+// The header libcryptsetup loaded (the intact copy with the highest sequence id) is a re-encryption whose data
+// is all on the new key: killed inside libcryptsetup's teardown (see reencrypt_teardown.hpp).
+bool teardown_was_interrupted(crypt_device* cd) {
+    if (crypt_reencrypt_status(cd, nullptr) == CRYPT_REENCRYPT_NONE) return false;
+    const char* text = nullptr;
+    if (crypt_dump_json(cd, &text, 0) != 0 || text == nullptr) return false;
+    return detail::reencryption_data_complete(detail::json_parse(text, "LUKS2 header").get());
+}
+
 // Resume an interrupted re-encryption (after crash recovery if needed). Any supplied passphrase that opens
 // both keys will do; the new keyslots were made with the same passphrases.
-void resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std::vector<std::string_view>& passphrases,
+// Returns false when crash recovery already ended the re-encryption, or left only its teardown to finish.
+bool resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std::vector<std::string_view>& passphrases,
                          const RekeyOptions& options, const std::function<void()>& reload) {
     const std::string where = volume.path().string();
     int rc = -EPERM;
@@ -66,6 +80,10 @@ void resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std:
             if (rc == -EPERM) continue;
             check_crypt(rc, "cannot recover interrupted re-encryption of " + where);
             reload();
+            // A single-hotzone volume is all on the new key once its hotzone is recovered.
+            if (crypt_reencrypt_status(volume.native_handle(), nullptr) == CRYPT_REENCRYPT_NONE ||
+                teardown_was_interrupted(volume.native_handle()))
+                return false;
         }
         detail::clear_crypt_error();
         rc = crypt_reencrypt_init_by_passphrase(volume.native_handle(), nullptr, passphrase.data(), passphrase.size(),
@@ -74,6 +92,7 @@ void resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std:
     }
     if (rc == -EPERM) throw AuthError("no supplied passphrase opens the re-encryption in progress on " + where);
     check_crypt(rc, "cannot resume re-encryption of " + where);
+    return true;
 }
 
 // Which keyslot each passphrase opens (one PBKDF derivation each); each keyslot once.
@@ -238,6 +257,11 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
     if (passphrases.empty()) throw FormatError("rekey needs at least one passphrase");
     if (luks_version() != 2) throw FormatError(impl_->path.string() + " is LUKS1; luksforge needs LUKS2");
 
+    // One re-encryption per LUKS UUID among luksforge processes: copies of one image share the UUID, and
+    // libcryptsetup's own lock (keyed by it) would fail the second one half-way.
+    const char* uuid = crypt_get_uuid(impl_->cd.get());
+    const detail::ReencryptLock uuid_lock = detail::ReencryptLock::acquire(uuid != nullptr ? uuid : "");
+
     RekeyResult result;
     result.old_fingerprint = fingerprint();
     const std::vector<int> serving_tokens = tokens_serving_a_keyslot(*this);
@@ -249,10 +273,30 @@ RekeyResult Volume::rekey(const std::vector<std::string_view>& passphrases, cons
         impl_->volume_key_in_memory = false;
         impl_->load(false);
     };
+    // All data already on the new key, only the header still to be finished.
+    const auto finish = [&] {
+        if (teardown_was_interrupted(impl_->cd.get())) {
+            impl_->cd.reset();
+            try {
+                detail::finish_reencryption_teardown(impl_->path);
+            } catch (...) {
+                reload();
+                throw;
+            }
+            reload();
+        }
+        drop_wiped_keyslots_from_tokens(*this, serving_tokens, options.drop_orphaned_tokens);
+        result.new_fingerprint = fingerprint();
+        return result;
+    };
 
+    if (teardown_was_interrupted(impl_->cd.get())) return finish();
     if (status != CRYPT_REENCRYPT_NONE) {
-        resume_reencryption(*this, status, passphrases, options, reload);
+        if (!resume_reencryption(*this, status, passphrases, options, reload)) return finish();
     } else {
+        // Keyslots of an earlier attempt killed before its re-encryption started would otherwise stay, and
+        // their tokens would name two keyslots.
+        detail::remove_unbound_keyslots_of(impl_->cd.get(), passphrases);
         const OpenedKeyslots opened = keyslots_opened_by(*this, passphrases);
         require_consent_to_drop_others(*this, opened, options.drop_other_keyslots);
         require_free_keyslots(*this, opened);
