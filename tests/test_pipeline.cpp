@@ -714,6 +714,8 @@ TEST_CASE("stamp: one pass by default (holes kept unless --dense), libcryptsetup
     const fs::path xts = env.dir / "xts.img";
     sealed_bare_base(xts, {});
     const std::string plain = plain_of(xts);
+    // Another tool's keyslot-less metadata goes along into every instance.
+    Volume::open(xts).set_token(R"({"type":"example-meta","keyslots":[],"note":"kept"})");
     for (const bool dense : {false, true}) {
         CAPTURE(dense);
         const fs::path out = env.dir / (dense ? "dense" : "sparse");
@@ -739,6 +741,9 @@ TEST_CASE("stamp: one pass by default (holes kept unless --dense), libcryptsetup
         else CHECK(allocated <= 21 * kMiB);
         CHECK(plain_of(instance) == plain);
         CHECK(any_clevis_opens(instance));
+        const std::vector<Token> tokens = Volume::open(instance, Volume::Access::read_only).tokens();
+        CHECK(std::count_if(tokens.begin(), tokens.end(), [](const Token& t) { return t.type == "example-meta"; }) == 1);
+        CHECK(tokens.size() == 2);  // and the instance's own clevis token
     }
 
     const fs::path cbc = env.dir / "cbc.img";

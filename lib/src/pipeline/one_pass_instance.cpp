@@ -58,7 +58,8 @@ std::variant<OnePassSource, std::string> one_pass_source(const Volume& volume, c
     source.layout = std::get<datapath::SegmentLayout>(layout);
     source.volume_key = std::move(volume_key);
     for (const Token& token : volume.tokens())
-        if (token.keyslots.empty() && token.type != "luksforge-seal") source.carried_tokens.push_back(token.json);
+        // luksforge's own records (seal, regen in progress) describe the source's header, not the new one.
+        if (token.keyslots.empty() && !token.type.starts_with("luksforge-")) source.carried_tokens.push_back(token.json);
     return source;
 }
 
