@@ -88,6 +88,20 @@ void register_probe(CLI::App& app) {
     });
 }
 
+// Where the ledger is: --ledger, else the policy's `ledger`, else $LUKSFORGE_LEDGER, else the default file.
+std::filesystem::path ledger_location(const std::string& flag, const std::string& policy_path) {
+    if (!flag.empty()) return flag;
+    if (!policy_path.empty()) {
+        Policy policy = Policy::load(policy_path);
+        if (!policy.ledger.empty()) return policy.ledger;
+    }
+    return Ledger::default_location();
+}
+
+const std::string ledger_help =
+    "Ledger: a database file or a postgresql:// URL (default: the policy's ledger, $LUKSFORGE_LEDGER or " +
+    Ledger::default_path().string() + ")";
+
 void register_seal(CLI::App& app) {
     struct Options {
         std::string image, policy, report, ledger;
@@ -107,7 +121,7 @@ void register_seal(CLI::App& app) {
     cmd->add_option("--report", opts->report, "Write the JSON report to FILE ('-' = stdout)");
     cmd->add_option("--partition", opts->partition, "The LUKS2 partition to seal when there are several")
         ->check(CLI::PositiveNumber);
-    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_option("--ledger", opts->ledger, ledger_help);
     cmd->add_flag("--no-ledger", opts->no_ledger, "Do not record the sealed key in a ledger");
     cmd->add_flag("-q,--quiet", opts->quiet, "No progress messages");
     cmd->add_flag("--copy", opts->copy,
@@ -124,7 +138,7 @@ void register_seal(CLI::App& app) {
         options.pin_options = policy.pin_options();
         options.keyslot_pbkdf = policy.keyslot_pbkdf;
         options.copy = opts->copy;
-        if (!opts->no_ledger) options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        if (!opts->no_ledger) options.ledger = ledger_location(opts->ledger, opts->policy);
         auto bar = std::make_shared<ProgressBar>("re-encrypting");
         if (!opts->quiet) {
             options.on_step = [](const std::string& step) { std::fprintf(stderr, "seal: %s\n", step.c_str()); };
@@ -160,7 +174,7 @@ void register_stamp(CLI::App& app) {
     cmd->add_option("BASE", opts->base, "The sealed base image")->required();
     cmd->add_option("--count", opts->count, "Number of instances")->required()->check(CLI::Range(1, 9999));
     cmd->add_option("--out", opts->out, "Output directory (instances are named <base stem>-0001.img, ...)")->required();
-    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_option("--ledger", opts->ledger, ledger_help);
     cmd->add_option("--policy", opts->policy,
                     "Policy: bind instances to its pin and enforce its max_instances_per_key (default: the base "
                     "binding's own servers, at most 1 image per key)");
@@ -179,7 +193,7 @@ void register_stamp(CLI::App& app) {
         options.keep_holes = !opts->dense;
         options.one_pass = !opts->libcryptsetup;
         options.partition = partition_of(opts->partition);
-        options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        options.ledger = ledger_location(opts->ledger, opts->policy);
         options.drop_other_keyslots = opts->drop_other_keyslots;
         if (!opts->policy.empty()) {
             Policy policy = Policy::load(opts->policy);
@@ -220,7 +234,7 @@ void register_clone(CLI::App& app) {
         "clone", "Copy an image keeping its volume key, refused when the ledger already holds the allowed number");
     cmd->add_option("BASE", opts->base, "The image to copy")->required();
     cmd->add_option("OUT", opts->out, "The new image (must not exist)")->required();
-    cmd->add_option("--ledger", opts->ledger, "Ledger database (default " + Ledger::default_path().string() + ")");
+    cmd->add_option("--ledger", opts->ledger, ledger_help);
     cmd->add_option("--policy", opts->policy, "Policy whose max_instances_per_key applies (default 1)");
     cmd->add_option("--max-per-key", opts->max_per_key, "Override the maximum images per volume key")
         ->check(CLI::PositiveNumber);
@@ -229,7 +243,7 @@ void register_clone(CLI::App& app) {
     set_action(*cmd, [opts] {
         CloneOptions options;
         options.partition = partition_of(opts->partition);
-        options.ledger = opts->ledger.empty() ? Ledger::default_path() : std::filesystem::path(opts->ledger);
+        options.ledger = ledger_location(opts->ledger, opts->policy);
         if (!opts->policy.empty()) {
             Policy policy = Policy::load(opts->policy);
             options.max_instances_per_key = policy.max_instances_per_key;
@@ -264,7 +278,7 @@ void register_audit(CLI::App& app) {
     cmd->add_option("--max-per-key", opts->max_per_key, "Images allowed per volume key (default 1, or the policy's)")
         ->check(CLI::PositiveNumber);
     cmd->add_option("--policy", opts->policy, "Take the limit from this policy's max_instances_per_key");
-    cmd->add_option("--ledger", opts->ledger, "Show what this ledger recorded for each key");
+    cmd->add_option("--ledger", opts->ledger, "Show what this ledger (file or postgresql:// URL) recorded for each key");
     cmd->add_flag("-r,--recursive", opts->recursive, "Descend into subdirectories");
     cmd->add_option("--tang-key-dir", opts->tang_key_dirs,
                     "Host Tang key directory whose private keys bindings must not trust from the same place "
@@ -296,9 +310,45 @@ void register_audit(CLI::App& app) {
     });
 }
 
+void register_ledger(CLI::App& app) {
+    struct Options {
+        std::string ledger, fingerprint;
+        bool json = false;
+    };
+    auto opts = std::make_shared<Options>();
+    auto* cmd = app.add_subcommand("ledger", "Show what the key ledger recorded (for operators)");
+    cmd->require_subcommand(1);
+    auto* list = cmd->add_subcommand("list", "List records (committed, reserved, or expired reservations)");
+    list->add_option("--ledger", opts->ledger, ledger_help);
+    list->add_option("--fingerprint", opts->fingerprint, "Only the records of this volume-key fingerprint");
+    list->add_flag("--json", opts->json, "Print JSON");
+    set_action(*list, [opts] {
+        Ledger ledger = Ledger::open(ledger_location(opts->ledger, ""));
+        std::optional<std::string> only;
+        if (!opts->fingerprint.empty()) only = opts->fingerprint;
+        const std::vector<LedgerRecord> records = ledger.records(only);
+        if (opts->json) {
+            print_json(ledger_records_json(records));
+            return 0;
+        }
+        for (const LedgerRecord& r : records)
+            std::printf("%-6lld %-9s %-16s %-20s %-8s %s\n", static_cast<long long>(r.id), r.state.c_str(),
+                        r.fingerprint.substr(0, 16).c_str(), r.time.c_str(), r.event.c_str(), r.image.c_str());
+        return 0;
+    });
+    auto* exported = cmd->add_subcommand("export", "Every record as a JSON array (for backups and other tools)");
+    exported->add_option("--ledger", opts->ledger, ledger_help);
+    set_action(*exported, [opts] {
+        Ledger ledger = Ledger::open(ledger_location(opts->ledger, ""));
+        print_json(ledger_records_json(ledger.records()));
+        return 0;
+    });
+}
+
 }  // namespace
 
 void register_image_commands(CLI::App& app) {
+    register_ledger(app);
     register_probe(app);
     register_seal(app);
     register_stamp(app);

@@ -5,12 +5,14 @@ packages=(
   # build
   cmake g++ pkg-config make
   libcryptsetup-dev libblkid-dev libjose-dev libjansson-dev libcurl4-openssl-dev libssl-dev libluksmeta-dev
-  libfmt-dev libcli11-dev libtomlplusplus-dev libsqlite3-dev doctest-dev pybind11-dev python3-dev python3-pybind11
+  libfmt-dev libcli11-dev libtomlplusplus-dev libsqlite3-dev libpq-dev doctest-dev pybind11-dev python3-dev python3-pybind11
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
   openssl sqlite3 e2fsprogs
   # hardening (docs/hardening.md): libFuzzer with clang under ASan+UBSan, valgrind memcheck of the CLI
   clang-14 libclang-rt-14-dev libfuzzer-14-dev valgrind
+  # the PostgreSQL ledger's tests start their own server (initdb/pg_ctl from postgresql-15)
+  postgresql
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap

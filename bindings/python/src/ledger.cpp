@@ -64,12 +64,14 @@ void register_ledger(py::module_& m) {
         .def_readwrite("policy_path", &LedgerRecord::policy_path)
         .def_readwrite("policy_hash", &LedgerRecord::policy_hash)
         .def_readwrite("event", &LedgerRecord::event)
+        .def_readonly("state", &LedgerRecord::state)
+        .def_readonly("lease_expires", &LedgerRecord::lease_expires)
         .def("__repr__", [](const LedgerRecord& r) {
             return "LedgerRecord(id=" + std::to_string(r.id) + ", fingerprint='" + r.fingerprint + "', image='" +
                    r.image + "', event='" + r.event + "')";
         });
 
-    py::class_<PyLedger>(m, "Ledger", "The key ledger (SQLite; safe with concurrent writers). A context manager.")
+    py::class_<PyLedger>(m, "Ledger", "The key ledger (an SQLite file or a postgresql:// URL; safe with concurrent writers). A context manager.")
         .def(py::init([](std::optional<std::filesystem::path> path) {
             PyLedger l;
             l.state->path = path.value_or(Ledger::default_path());
@@ -87,7 +89,10 @@ void register_ledger(py::module_& m) {
         .def("reserve", [](PyLedger& l, LedgerRecord record, std::uint64_t max_instances) {
             return l.run([&](Ledger& ledger) { return ledger.reserve(std::move(record), max_instances); });
         }, "record"_a, py::kw_only(), "max_instances"_a,
-           "Append only if at most `max_instances` images then carry the fingerprint (LimitError otherwise).")
+           "Reserve a leased slot: append only if at most `max_instances` images then carry the fingerprint "
+           "(LimitError otherwise). commit() it once the image exists, release() it when making it failed.")
+        .def("commit", [](PyLedger& l, std::int64_t id) { l.run([&](Ledger& ledger) { ledger.commit(id); }); },
+             "id"_a, "Make a reservation permanent (LimitError when its lease ran out and the slot was taken).")
         .def("release", [](PyLedger& l, std::int64_t id) { l.run([&](Ledger& ledger) { ledger.release(id); }); },
              "id"_a)
         .def("count_instances", [](PyLedger& l, const std::string& fingerprint) {

@@ -105,6 +105,7 @@ public:
     unsigned threshold = 1;                      // t; defaults to 1 when absent
     bool trust_on_first_use = false;
     unsigned max_instances_per_key = 1;          // used by the image pipeline (stamp, audit)
+    std::string ledger;                          // ledger file or postgresql:// URL; empty = --ledger / default
     std::string cipher = "aes-xts-plain64";      // required volume cipher (format uses it; verify checks it)
     unsigned key_bits = 512;                     // volume key size in bits (XTS: 512 = AES-256)
     std::optional<std::uint64_t> metadata_bytes; // LUKS2 metadata size to reserve at format; unset = smallest fit

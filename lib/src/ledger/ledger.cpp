@@ -1,149 +1,51 @@
-// The key ledger over SQLite: WAL + busy timeout + BEGIN IMMEDIATE so that several luksforge processes can
-// record and reserve at the same time without ever exceeding a limit.
+// Ledger: the public face of the key ledger. Picks the backend from the location (a file path → SQLite, a
+// postgresql:// URL → PostgreSQL) and holds the lease given to reservations.
 #include <luksforge/ledger.hpp>
 
-#include <sqlite3.h>
+#include "ledger/backend.hpp"
+#include "util/json_util.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
+#include <cstdlib>
 #include <ctime>
-#include <system_error>
 
 namespace luksforge {
-namespace {
 
-constexpr int busy_timeout_ms = 30000;
+namespace detail {
 
-struct DbDeleter {
-    void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
-};
-using DbPtr = std::unique_ptr<sqlite3, DbDeleter>;
-
-[[noreturn]] void throw_sqlite(sqlite3* db, int rc, const std::string& what) {
-    std::string message = what + ": " + (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
-    int primary = rc & 0xff;
-    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) throw BusyError(message);
-    if (primary == SQLITE_CANTOPEN) throw Error(EACCES, message);
-    if (primary == SQLITE_NOTADB || primary == SQLITE_CORRUPT) throw FormatError(message);
-    throw Error(EIO, message);
+bool is_postgres_url(std::string_view location) {
+    return location.starts_with("postgresql://") || location.starts_with("postgres://");
 }
 
-// One prepared statement.
-class Statement {
-public:
-    Statement(sqlite3* db, const char* sql) : db_(db) {
-        int rc = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
-        if (rc != SQLITE_OK) throw_sqlite(db, rc, "ledger query");
-    }
-    Statement(const Statement&) = delete;
-    Statement& operator=(const Statement&) = delete;
-    ~Statement() noexcept { sqlite3_finalize(stmt_); }
-
-    Statement& bind(int index, const std::string& text) {
-        check(sqlite3_bind_text(stmt_, index, text.c_str(), static_cast<int>(text.size()), SQLITE_TRANSIENT));
-        return *this;
-    }
-    Statement& bind(int index, std::int64_t value) {
-        check(sqlite3_bind_int64(stmt_, index, value));
-        return *this;
-    }
-    // True while a row is available.
-    bool step() {
-        int rc = sqlite3_step(stmt_);
-        if (rc == SQLITE_ROW) return true;
-        if (rc == SQLITE_DONE) return false;
-        throw_sqlite(db_, rc, "ledger");
-    }
-    std::int64_t integer(int column) const { return sqlite3_column_int64(stmt_, column); }
-    std::string text(int column) const {
-        const unsigned char* value = sqlite3_column_text(stmt_, column);
-        return value ? std::string(reinterpret_cast<const char*>(value),
-                                   static_cast<std::size_t>(sqlite3_column_bytes(stmt_, column)))
-                     : std::string();
-    }
-
-private:
-    void check(int rc) {
-        if (rc != SQLITE_OK) throw_sqlite(db_, rc, "ledger bind");
-    }
-    sqlite3* db_;
-    sqlite3_stmt* stmt_ = nullptr;
-};
-
-void exec(sqlite3* db, const char* sql, const char* what) {
-    char* error = nullptr;
-    int rc = sqlite3_exec(db, sql, nullptr, nullptr, &error);
-    if (rc != SQLITE_OK) {
-        std::string message = std::string(what) + ": " + (error ? error : sqlite3_errstr(rc));
-        sqlite3_free(error);
-        if ((rc & 0xff) == SQLITE_BUSY) throw BusyError(message);
-        throw Error(EIO, message);
-    }
+void prepare_record(LedgerRecord& record) {
+    if (record.time.empty()) record.time = utc_timestamp();
 }
 
-// BEGIN IMMEDIATE takes the write lock up front, so a count followed by an insert cannot interleave with
-// another writer's. Rolls back unless committed.
-class WriteTransaction {
-public:
-    explicit WriteTransaction(sqlite3* db) : db_(db) { exec(db_, "BEGIN IMMEDIATE", "ledger transaction"); }
-    WriteTransaction(const WriteTransaction&) = delete;
-    WriteTransaction& operator=(const WriteTransaction&) = delete;
-    ~WriteTransaction() noexcept {
-        if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
-    }
-    void commit() {
-        exec(db_, "COMMIT", "ledger commit");
-        done_ = true;
-    }
-
-private:
-    sqlite3* db_;
-    bool done_ = false;
-};
-
-constexpr const char* schema = R"sql(
-CREATE TABLE IF NOT EXISTS instances (
-    id          INTEGER PRIMARY KEY,
-    fingerprint TEXT NOT NULL,
-    image       TEXT NOT NULL,
-    uuid        TEXT NOT NULL DEFAULT '',
-    time        TEXT NOT NULL,
-    policy_path TEXT NOT NULL DEFAULT '',
-    policy_hash TEXT NOT NULL DEFAULT '',
-    event       TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_by_fingerprint ON instances(fingerprint);
-)sql";
-
-std::uint64_t count_in(sqlite3* db, const std::string& fingerprint) {
-    Statement count(db, "SELECT COUNT(DISTINCT image) FROM instances WHERE fingerprint = ?1");
-    count.bind(1, fingerprint);
-    count.step();
-    return static_cast<std::uint64_t>(count.integer(0));
-}
-
-bool recorded(sqlite3* db, const std::string& fingerprint, const std::string& image) {
-    Statement query(db, "SELECT 1 FROM instances WHERE fingerprint = ?1 AND image = ?2 LIMIT 1");
-    query.bind(1, fingerprint).bind(2, image);
-    return query.step();
-}
-
-std::int64_t insert(sqlite3* db, LedgerRecord& record) {
+void require_complete(const LedgerRecord& record) {
     if (record.fingerprint.empty() || record.image.empty() || record.event.empty())
         throw FormatError("ledger record needs a fingerprint, an image and an event");
-    if (record.time.empty()) record.time = utc_timestamp();
-    Statement insert(db,
-                     "INSERT INTO instances (fingerprint, image, uuid, time, policy_path, policy_hash, event) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
-    insert.bind(1, record.fingerprint).bind(2, record.image).bind(3, record.uuid).bind(4, record.time);
-    insert.bind(5, record.policy_path).bind(6, record.policy_hash).bind(7, record.event);
-    insert.step();
-    record.id = sqlite3_last_insert_rowid(db);
-    return record.id;
+}
+
+[[noreturn]] void throw_limit(const LedgerRecord& record, std::uint64_t count, std::uint64_t max_instances,
+                              const std::string& ledger) {
+    throw LimitError("volume key " + record.fingerprint.substr(0, 16) + "... already has " + std::to_string(count) +
+                     " instance" + (count == 1 ? "" : "s") + " in the ledger " + ledger +
+                     "; the policy allows at most " + std::to_string(max_instances));
+}
+
+}  // namespace detail
+
+namespace {
+
+// Long enough for a copy of a large image; a killed builder's slot comes back after it.
+constexpr std::int64_t kDefaultLeaseSeconds = 900;
+
+std::int64_t lease_from_environment() {
+    const char* text = std::getenv("LUKSFORGE_LEDGER_LEASE_SECONDS");
+    if (text == nullptr || *text == '\0') return kDefaultLeaseSeconds;
+    char* end = nullptr;
+    const long long value = std::strtoll(text, &end, 10);
+    if (*end != '\0' || value <= 0) throw FormatError("LUKSFORGE_LEDGER_LEASE_SECONDS must be a positive number");
+    return value;
 }
 
 }  // namespace
@@ -158,8 +60,9 @@ std::string utc_timestamp() {
 }
 
 struct Ledger::Impl {
-    DbPtr db;
-    std::filesystem::path path;
+    std::unique_ptr<detail::LedgerBackend> backend;
+    std::filesystem::path location;
+    std::int64_t lease_seconds = kDefaultLeaseSeconds;
 };
 
 Ledger::Ledger(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
@@ -167,97 +70,75 @@ Ledger::Ledger(Ledger&&) noexcept = default;
 Ledger& Ledger::operator=(Ledger&&) noexcept = default;
 Ledger::~Ledger() noexcept = default;
 
-sqlite3* Ledger::native_handle() const noexcept { return impl_->db.get(); }
-const std::filesystem::path& Ledger::path() const noexcept { return impl_->path; }
+sqlite3* Ledger::native_handle() const noexcept { return impl_->backend->sqlite_handle(); }
+const std::filesystem::path& Ledger::path() const noexcept { return impl_->location; }
 
 std::filesystem::path Ledger::default_path() { return "/var/lib/luksforge/ledger.db"; }
 
-Ledger Ledger::open(const std::filesystem::path& path) {
-    std::filesystem::path directory = path.parent_path();
-    if (!directory.empty() && !std::filesystem::exists(directory)) {
-        std::error_code ec;
-        std::filesystem::create_directories(directory, ec);
-        if (ec) throw Error(ec.value(), "cannot create ledger directory " + directory.string() + ": " + ec.message());
-        // The ledger names every image and key fingerprint: keep it to its owner.
-        ::chmod(directory.c_str(), 0700);
-    }
-    // Create the file ourselves so it is 0600 from the first byte; SQLite gives its -wal and -shm files the
-    // database file's mode.
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) throw Error(errno, "cannot open ledger " + path.string() + ": " + std::strerror(errno));
-    ::close(fd);
+std::filesystem::path Ledger::default_location() {
+    const char* env = std::getenv("LUKSFORGE_LEDGER");
+    if (env != nullptr && *env != '\0') return env;
+    return default_path();
+}
 
-    sqlite3* raw = nullptr;
-    int rc = sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_FULLMUTEX, nullptr);
-    DbPtr db(raw);
-    if (rc != SQLITE_OK) throw_sqlite(raw, rc, "cannot open ledger " + path.string());
-    sqlite3_busy_timeout(db.get(), busy_timeout_ms);
-    exec(db.get(), "PRAGMA journal_mode=WAL", "ledger journal mode");
-    exec(db.get(), "PRAGMA synchronous=FULL", "ledger synchronous mode");
-    {
-        WriteTransaction transaction(db.get());
-        exec(db.get(), schema, "ledger schema");
-        transaction.commit();
-    }
+bool Ledger::is_url(const std::filesystem::path& location) { return detail::is_postgres_url(location.native()); }
+
+Ledger Ledger::open(const std::filesystem::path& location) {
     auto impl = std::make_unique<Impl>();
-    impl->db = std::move(db);
-    impl->path = path;
+    impl->lease_seconds = lease_from_environment();
+    impl->backend = is_url(location) ? detail::open_postgres_backend(location.native())
+                                     : detail::open_sqlite_backend(location);
+    impl->location = location;
     return Ledger(std::move(impl));
 }
 
+void Ledger::set_lease_seconds(std::int64_t seconds) {
+    if (seconds <= 0) throw FormatError("a ledger lease must be at least one second");
+    impl_->lease_seconds = seconds;
+}
+std::int64_t Ledger::lease_seconds() const noexcept { return impl_->lease_seconds; }
+
+int Ledger::schema_version() const { return impl_->backend->schema_version(); }
+
 std::int64_t Ledger::record(LedgerRecord record) {
-    WriteTransaction transaction(native_handle());
-    std::int64_t id = insert(native_handle(), record);
-    transaction.commit();
-    return id;
+    detail::prepare_record(record);
+    return impl_->backend->record(record);
 }
 
 std::int64_t Ledger::reserve(LedgerRecord record, std::uint64_t max_instances) {
-    WriteTransaction transaction(native_handle());
-    std::uint64_t count = count_in(native_handle(), record.fingerprint);
-    bool known = recorded(native_handle(), record.fingerprint, record.image);
-    if (!known && count + 1 > max_instances)
-        throw LimitError("volume key " + record.fingerprint.substr(0, 16) + "... already has " +
-                         std::to_string(count) + " instance" + (count == 1 ? "" : "s") + " in the ledger " +
-                         path().string() + "; the policy allows at most " + std::to_string(max_instances));
-    std::int64_t id = insert(native_handle(), record);
-    transaction.commit();
-    return id;
+    detail::prepare_record(record);
+    return impl_->backend->reserve(record, max_instances, impl_->lease_seconds);
 }
 
-void Ledger::release(std::int64_t id) {
-    WriteTransaction transaction(native_handle());
-    Statement remove(native_handle(), "DELETE FROM instances WHERE id = ?1");
-    remove.bind(1, id);
-    remove.step();
-    transaction.commit();
-}
+void Ledger::commit(std::int64_t id) { impl_->backend->commit(id); }
+void Ledger::release(std::int64_t id) { impl_->backend->release(id); }
 
 std::uint64_t Ledger::count_instances(const std::string& fingerprint) const {
-    return count_in(native_handle(), fingerprint);
+    return impl_->backend->count_instances(fingerprint);
 }
 
 std::vector<LedgerRecord> Ledger::records(const std::optional<std::string>& fingerprint) const {
-    Statement query(native_handle(),
-                    fingerprint ? "SELECT id, fingerprint, image, uuid, time, policy_path, policy_hash, event "
-                                  "FROM instances WHERE fingerprint = ?1 ORDER BY id"
-                                : "SELECT id, fingerprint, image, uuid, time, policy_path, policy_hash, event "
-                                  "FROM instances ORDER BY id");
-    if (fingerprint) query.bind(1, *fingerprint);
-    std::vector<LedgerRecord> result;
-    while (query.step()) {
-        LedgerRecord r;
-        r.id = query.integer(0);
-        r.fingerprint = query.text(1);
-        r.image = query.text(2);
-        r.uuid = query.text(3);
-        r.time = query.text(4);
-        r.policy_path = query.text(5);
-        r.policy_hash = query.text(6);
-        r.event = query.text(7);
-        result.push_back(std::move(r));
+    return impl_->backend->records(fingerprint);
+}
+
+std::string ledger_records_json(const std::vector<LedgerRecord>& records) {
+    using detail::json_take;
+    detail::JsonPtr array = json_take(json_array());
+    for (const LedgerRecord& r : records) {
+        json_t* o = json_object();
+        json_object_set_new(o, "id", json_integer(r.id));
+        json_object_set_new(o, "fingerprint", json_string(r.fingerprint.c_str()));
+        json_object_set_new(o, "image", json_string(r.image.c_str()));
+        json_object_set_new(o, "uuid", json_string(r.uuid.c_str()));
+        json_object_set_new(o, "time", json_string(r.time.c_str()));
+        json_object_set_new(o, "event", json_string(r.event.c_str()));
+        json_object_set_new(o, "state", json_string(r.state.c_str()));
+        json_object_set_new(o, "lease_expires", r.state == "committed" ? json_null() : json_integer(r.lease_expires));
+        json_object_set_new(o, "policy_path", json_string(r.policy_path.c_str()));
+        json_object_set_new(o, "policy_hash", json_string(r.policy_hash.c_str()));
+        json_array_append_new(array.get(), o);
     }
-    return result;
+    return detail::json_dump(array.get(), JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 }
 
 }  // namespace luksforge

@@ -36,12 +36,15 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
         ledger = Ledger::open(*options.ledger);
         const LedgerRecord base_record =
             ledger_record(instance.fingerprint, ledger_image_name(target), instance.uuid, options.policy, "sealed");
-        // The base itself is an instance of its key; reserve() does not count an already-recorded image twice.
-        ledger->reserve(base_record, options.max_instances_per_key);
+        // The base itself is an instance of its key (it exists: committed at once); reserve() does not count an
+        // already-recorded image twice.
+        ledger->commit(ledger->reserve(base_record, options.max_instances_per_key));
+        // The slot is held before the copy starts, so concurrent clones never overshoot the limit.
         reservation = ledger->reserve(ledger_record(instance.fingerprint, ledger_image_name(out, target.partition),
                                                     instance.uuid, options.policy, "cloned"),
                                       options.max_instances_per_key);
     }
+    detail::crash_point("clone-reserved");
     try {
         const std::filesystem::path partial =
             out.parent_path() / ("." + out.filename().string() + "." + std::to_string(::getpid()) + ".partial");
@@ -50,11 +53,14 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
             DeviceLock base_lock = DeviceLock::acquire(base, false);
             copy_sparse(base, partial);
         }
+        detail::crash_point("clone-copied");
+        // Committed before the image appears under its name: there is never a published, unrecorded copy.
+        if (reservation) ledger->commit(*reservation);
         rename_no_replace(partial, out);
         temporary.dismiss();
         fsync_directory(out.parent_path());
     } catch (...) {
-        if (reservation) ledger->release(*reservation);
+        detail::release_quietly(ledger, reservation);
         throw;
     }
     return instance;

@@ -52,6 +52,16 @@ LedgerRecord ledger_record(std::string fingerprint, std::string image, std::stri
 void crash_point(const char* step) {
     const char* wanted = std::getenv("LUKSFORGE_CRASH_AT");
     if (wanted != nullptr && std::strcmp(wanted, step) == 0) ::kill(::getpid(), SIGKILL);
+    const char* stop = std::getenv("LUKSFORGE_STOP_AT");
+    if (stop != nullptr && std::strcmp(stop, step) == 0) ::kill(::getpid(), SIGSTOP);
+}
+
+void release_quietly(std::optional<Ledger>& ledger, const std::optional<std::int64_t>& reservation) noexcept {
+    if (!ledger || !reservation) return;
+    try {
+        ledger->release(*reservation);
+    } catch (...) {
+    }
 }
 
 void fsync_directory(const std::filesystem::path& directory) {

@@ -46,8 +46,12 @@ private:
     std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
-// The test-only crash hook (see pipeline.hpp): SIGKILL when LUKSFORGE_CRASH_AT names `step`.
+// The test-only crash hook (see pipeline.hpp): SIGKILL when LUKSFORGE_CRASH_AT names `step`, SIGSTOP (the
+// test continues the process later) when LUKSFORGE_STOP_AT does.
 void crash_point(const char* step);
+
+// Give a reservation back after a failure without hiding the failure (a lost database lets its lease expire).
+void release_quietly(std::optional<Ledger>& ledger, const std::optional<std::int64_t>& reservation) noexcept;
 
 // Make a rename or create in `directory` durable (best effort).
 void fsync_directory(const std::filesystem::path& directory);

@@ -184,14 +184,16 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
                     options.max_instances_per_key);
             }
             try {
+                // Committed before the instance appears under its name: never a published, unrecorded image.
+                if (reservation) ledger->commit(*reservation);
                 rename_no_replace(partial, final_path);
                 break;
             } catch (const Error& e) {
-                if (reservation) ledger->release(*reservation);
+                detail::release_quietly(ledger, reservation);
                 if (e.code().value() != EEXIST || attempt >= 1000) throw;
                 final_path = instance_path(++number);
             } catch (...) {
-                if (reservation) ledger->release(*reservation);
+                detail::release_quietly(ledger, reservation);
                 throw;
             }
         }

@@ -162,6 +162,8 @@ struct Reader {
             } else if (name == "max_instances_per_key") {
                 if (auto value = integer_of(key, node, "", 1, 1'000'000))
                     policy.max_instances_per_key = static_cast<unsigned>(*value);
+            } else if (name == "ledger") {
+                if (auto text = string_of(key, node, "")) policy.ledger = *text;
             } else if (name == "tang") {
                 read_servers(node);
             } else if (name == "luks") {
@@ -171,7 +173,7 @@ struct Reader {
                 if (const auto* table = node.as_table()) read_keyslot(*table);
                 else problem(line_of(node), "keyslot must be a table ([keyslot])");
             } else {
-                unknown(key, "", "threshold, trust_on_first_use, max_instances_per_key, [[tang]], [luks], [keyslot]");
+                unknown(key, "", "threshold, trust_on_first_use, max_instances_per_key, ledger, [[tang]], [luks], [keyslot]");
             }
         }
     }
