@@ -5,6 +5,9 @@
 
 #include <luksforge/error.hpp>
 
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -22,6 +25,11 @@ void print_error(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Almost every subcommand holds a passphrase or volume key at some point: no core dump may ever carry one
+    // (a SIGKILL never dumps, but SIGSEGV/SIGABRT would), and no other user may read this process's memory.
+    const rlimit no_core{0, 0};
+    ::setrlimit(RLIMIT_CORE, &no_core);
+    ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     using namespace luksforge::cli;
     CLI::App app{"luksforge: NBDE-ready LUKS2 images with unique volume keys and Clevis bindings", "luksforge"};
     app.set_version_flag("--version", std::string("luksforge ") + LUKSFORGE_VERSION);

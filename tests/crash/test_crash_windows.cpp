@@ -207,3 +207,32 @@ TEST_CASE("G: two rekeys of two copies of one image (same LUKS UUID) at the same
     check_rekeyed(second, before);
     CHECK(fingerprint(first.image) != fingerprint(second.image));
 }
+
+TEST_CASE("secrets: a running luksforge holding passphrases has no core dumps and no secret in cmdline or environ") {
+    TempDir dir;
+    const KnownImage img = make_known_image(dir.path(), "disk.img", "secret-passphrase-do-not-leak");
+    const KnownImage probe = copy_image(img, dir / "probe.img");
+    const std::vector<std::string> events = record_events(rekey_args(probe));
+    // Stall inside the re-encryption (the passphrase and both volume keys are in memory) and look at the process.
+    const std::size_t stall = event_index(events, "crypt_reencrypt_run") + 2;
+    const fs::path pid_file = dir / "pid";
+    // Core dumps allowed in the shell that starts it: only luksforge itself turns them off.
+    const std::string script = std::string("ulimit -c unlimited; env LD_PRELOAD='") + LUKSFORGE_KILL_HOOK + "' LUKSFORGE_HOOK_STALL=" +
+                               std::to_string(stall) + " LUKSFORGE_HOOK_STALL_MS=3000 '" + LUKSFORGE_CLI + "' rekey '" +
+                               img.image.string() + "' --passphrase-file '" + img.passphrase_file.string() +
+                               "' >/dev/null 2>&1 & echo $! > '" + pid_file.string() + "'; sleep 1.5; p=$(cat '" +
+                               pid_file.string() + "'); grep 'Max core file size' /proc/$p/limits; "
+                               "tr '\\0' ' ' < /proc/$p/cmdline; echo; tr '\\0' ' ' < /proc/$p/environ; echo; "
+                               "stat -c %u /proc/$p/mem; wait $p; echo rc=$?";
+    const std::string out = run_ok({"sh", "-c", script});
+    CAPTURE(out);
+    CHECK(out.find("Max core file size        0                    0") != std::string::npos);
+    CHECK(out.find("secret-passphrase-do-not-leak") == std::string::npos);
+    CHECK(out.find("rekey") != std::string::npos);  // the cmdline was read
+    CHECK(out.find("rc=0") != std::string::npos);
+    // No secret in any file luksforge left behind (the passphrase file is the test's own).
+    for (const auto& entry : fs::directory_iterator(dir.path())) {
+        if (entry.path() == img.passphrase_file || entry.path() == probe.passphrase_file) continue;
+        CHECK(read_file_bytes(entry.path()).find("secret-passphrase-do-not-leak") == std::string::npos);
+    }
+}
