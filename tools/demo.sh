@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # luksforge end to end on a built-in default: start a real Tang server on 127.0.0.1, forge an image with a build
 # passphrase, seal it (fresh volume key, Tang binding verified through the server, build passphrase removed), and
-# prove that STOCK Clevis and cryptsetup unlock it. Needs root. DEMO_DIR chooses where the files go (default ./demo).
+# prove that STOCK Clevis and cryptsetup unlock it. Needs root. DEMO_DIR chooses where the files go (default ./demo);
+# LUKSFORGE_BIN=/usr/bin/luksforge runs an installed luksforge instead of building one (packaging/test_deb.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 top=$PWD
 bash tools/deps.sh >/dev/null
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" --target luksforge-cli >/dev/null
-lf=$top/build/cli/luksforge
+if [[ -n ${LUKSFORGE_BIN:-} ]]; then
+  lf=$LUKSFORGE_BIN
+else
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build -j"$(nproc)" --target luksforge-cli >/dev/null
+  lf=$top/build/cli/luksforge
+fi
 
 work=$(realpath -m "${DEMO_DIR:-$top/demo}")
 umask 077

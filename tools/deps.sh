@@ -15,6 +15,8 @@ packages=(
   postgresql
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+  # packages: Debian (debian/) and RPM (packaging/rpm/) builds and checks (LUKSFORGE_PACKAGING=1)
+  debhelper dh-python lintian rpm rpmlint
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap
   mmdebstrap
   # bench/bench.sh: peak RSS of every timed command

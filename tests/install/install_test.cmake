@@ -19,6 +19,15 @@ foreach(required include/luksforge/luks.hpp include/luksforge/secret.hpp include
     message(FATAL_ERROR "not installed: ${required}")
   endif()
 endforeach()
+# Lorax templates, kickstarts and the post-build script (executable) under share/luksforge/lorax-templates.
+set(lorax ${prefix}/share/luksforge/lorax-templates)
+foreach(required luksforge-runtime.tmpl luksforge-arch.tmpl kickstarts/lmc-make-disk.ks kickstarts/virt-install.ks
+                 lmc-postbuild.py)
+  if(NOT EXISTS ${lorax}/${required})
+    message(FATAL_ERROR "not installed: share/luksforge/lorax-templates/${required}")
+  endif()
+endforeach()
+step("lmc-postbuild.py is executable" test -x ${lorax}/lmc-postbuild.py)
 file(GLOB_RECURSE config_files ${prefix}/*/luksforgeConfig.cmake)
 file(GLOB_RECURSE pc_files ${prefix}/*/luksforge.pc)
 file(GLOB_RECURSE sonames ${prefix}/*/libluksforge.so.*)

@@ -1,6 +1,7 @@
 """Shared fixtures for the luksforge pytest suites: small image files, a real Tang server on loopback, and
 helpers to run stock tools (cryptsetup, clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which
-puts the build-tree luksforge package on PYTHONPATH."""
+puts the build-tree luksforge package on PYTHONPATH. Keeps to Python 3.6: the same files also run under
+compat_runner.py on RHEL's Pythons (3.6, 3.9, 3.12)."""
 
 import json
 import os
@@ -8,8 +9,8 @@ import shutil
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import List
 
 import pytest
 
@@ -30,7 +31,8 @@ def pytest_sessionfinish(session, exitstatus):
 
 def run(*args, input=None, check=True, **kwargs):
     """Run a command, returning CompletedProcess with text output; raise with its stderr on failure."""
-    result = subprocess.run([str(a) for a in args], input=input, capture_output=True, check=False, **kwargs)
+    result = subprocess.run([str(a) for a in args], input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            check=False, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}: "
                              f"{result.stderr.decode(errors='replace') if isinstance(result.stderr, bytes) else result.stderr}")
@@ -54,15 +56,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@dataclass
 class TangServer:
-    url: str
-    port: int
-    keydir: Path
-    process: subprocess.Popen
+    def __init__(self, url: str, port: int, keydir: Path, process: subprocess.Popen) -> None:
+        self.url, self.port, self.keydir, self.process = url, port, keydir, process
 
     @property
-    def signing_thumbprints(self) -> list[str]:
+    def signing_thumbprints(self) -> "List[str]":
         """S256 thumbprints of the server's signing keys, computed by stock `jose` from the key files."""
         thps = []
         for jwk in sorted(self.keydir.glob("*.jwk")):

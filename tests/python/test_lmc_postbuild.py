@@ -54,7 +54,8 @@ def policy(tang, tmp_path):
 
 
 def postbuild(*args):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True)
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)  # Python 3.6: no capture_output/text
 
 
 def test_seal_with_the_build_passphrase_and_stamp(tmp_path, policy):

@@ -78,7 +78,7 @@ def signature_parameters(doc: str, name: str):
 
 def stub_parameters(node: ast.FunctionDef):
     args = node.args
-    names = [a.arg for a in args.posonlyargs + args.args]
+    names = [a.arg for a in getattr(args, "posonlyargs", []) + args.args]  # no posonlyargs before 3.8
     if args.kwonlyargs:
         names.append("*")
     names += [a.arg for a in args.kwonlyargs]

@@ -10,20 +10,21 @@ Lorax renders a template with Mako inside its own Python process on the build ho
 * :func:`check_kickstart` refuses a kickstart that would not produce an NBDE-ready install.
 
 Nothing here ever writes JSON onto a template line: Lorax brace-expands words holding ``{``, ``,`` and ``}``.
-"""
 
-from __future__ import annotations
+Lorax runs in the distribution's own Python (3.6 on RHEL 8, 3.9 on RHEL 9, 3.12 on RHEL 10), so this module
+keeps to Python 3.6: no tomllib (the policy is read by the C++ library, luksforge.Policy), no dataclasses, no
+postponed annotations, no builtin generics in annotations.
+"""
 
 import hashlib
 import json
 import os
 import re
 import tempfile
-import tomllib
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List
 
 from . import _luksforge as _lf
 
@@ -37,24 +38,35 @@ class TemplateVarError(ValueError):
     """An ``--add-template-var`` value is missing or malformed (the message names the variable)."""
 
 
-@dataclass
 class StagedFile:
-    source: str  # relative to the template's root (inroot), as Lorax's `install` wants it
-    dest: str    # absolute path in the runtime
-    mode: str = "644"
+    """One file for the runtime template to `install`: source relative to the template's root (inroot), as
+    Lorax's `install` wants it; dest an absolute path in the runtime."""
+
+    def __init__(self, source: str, dest: str, mode: str = "644") -> None:
+        self.source, self.dest, self.mode = source, dest, mode
+
+    def __repr__(self) -> str:
+        return "StagedFile({!r}, {!r}, {!r})".format(self.source, self.dest, self.mode)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StagedFile) and vars(self) == vars(other)
 
 
-@dataclass
 class RuntimePlan:
-    staging: str  # staging directory, relative to root
-    dest_dir: str
-    files: list[StagedFile] = field(default_factory=list)
-    servers: list[dict] = field(default_factory=list)
-    pin: str = ""
-    threshold: int = 1
+    """What prepare_runtime staged: `staging` (relative to root), the files, the verified servers, the pin."""
+
+    def __init__(self, staging: str, dest_dir: str) -> None:
+        self.staging, self.dest_dir = staging, dest_dir
+        self.files = []  # type: List[StagedFile]
+        self.servers = []  # type: List[dict]
+        self.pin = ""
+        self.threshold = 1
+
+    def __repr__(self) -> str:
+        return "RuntimePlan({!r})".format(vars(self))
 
 
-def _split_list(value: str, name: str) -> list[str]:
+def _split_list(value: str, name: str) -> "List[str]":
     items = [item.strip() for item in re.split(r"[\s,]+", value or "") if item.strip()]
     if not items:
         raise TemplateVarError(f"{name} is empty")
@@ -113,6 +125,26 @@ def _toml_value(value) -> str:
     raise TemplateVarError(f"cannot write {value!r} to TOML")
 
 
+def _policy_document(policy: "_lf.Policy") -> dict:
+    """The policy's settings as parsed by the C++ library, ready for _write_policy (docs/policy.md's keys; the
+    [[tang]] entries are filled in by the caller). Unset sizes stay unset: format --policy then picks them."""
+    document = {"threshold": policy.threshold, "trust_on_first_use": policy.trust_on_first_use,
+                "max_instances_per_key": policy.max_instances_per_key}
+    luks = {"cipher": policy.cipher, "key_bits": policy.key_bits}
+    if policy.metadata_bytes is not None:
+        luks["metadata_size"] = policy.metadata_bytes
+    if policy.keyslots_bytes is not None:
+        luks["keyslots_size"] = policy.keyslots_bytes
+    pbkdf = policy.keyslot_pbkdf
+    keyslot = {"pbkdf": pbkdf.type}
+    if pbkdf.type == "pbkdf2":
+        keyslot.update(hash=pbkdf.hash, iterations=pbkdf.iterations)
+    else:
+        keyslot.update(iterations=pbkdf.iterations, memory_kib=pbkdf.memory_kib, parallel=pbkdf.parallel)
+    document.update(luks=luks, keyslot=keyslot, tang=[])
+    return document
+
+
 def _write_policy(document: dict) -> str:
     """TOML for the policy schema (docs/policy.md): top-level scalars, [[tang]] entries, [luks], [keyslot]."""
     lines = []
@@ -164,14 +196,17 @@ def prepare_runtime(root: str, *, policy: str = "", tang: str = "", thp: str = "
         policy_path = Path(policy)
         parsed = _lf.Policy.load(policy_path)
         parsed.require_valid()  # schema, thresholds, thumbprints, offline advertisements: all before any fetch
-        with open(policy_path, "rb") as f:
-            document = tomllib.load(f)
+        document = _policy_document(parsed)
         servers = []
-        for entry, server in zip(document.get("tang", []), parsed.servers):
+        for server in parsed.servers:
             if server.thp is None and server.adv is None:
                 raise TemplateVarError(f"{policy}:{server.line}: {server.url} has neither thp nor adv: an "
                                        "installer must not trust a Tang server on first use")
-            servers.append((entry, server.url, server.thp, server.adv))
+            entry = {"url": server.url}
+            if server.thp is not None:
+                entry["thp"] = server.thp
+            document["tang"].append(entry)
+            servers.append((entry, server.url, server.thp, str(server.adv) if server.adv is not None else None))
     else:
         urls = [_check_url(u, "luksforge_tang") for u in _split_list(tang, "luksforge_tang")]
         thps = _split_list(thp, "luksforge_thp") if thp else []
