@@ -4,6 +4,11 @@
 
 PYBIND11_MODULE(_luksforge, m) {
     using namespace luksforge::python;
+#if PY_VERSION_HEX < 0x03070000
+    // Python 3.6 (RHEL 8) creates the GIL only when a thread starts; until then acquiring it after a
+    // gil_scoped_release (progress callbacks during re-key) waits forever. 3.7+ always has it.
+    PyEval_InitThreads();
+#endif
     m.doc() = "luksforge: NBDE-ready LUKS2 images — unique volume keys and Clevis (tang, sss) bindings.";
     m.attr("__version__") = LUKSFORGE_VERSION;
     register_errors(m);
