@@ -380,7 +380,7 @@ TEST_CASE("hostile policy files: endless adv files, FIFOs, deep nesting and garb
              return s;
          }() + "\n"},
         {"huge-threshold", "threshold = 18446744073709551615\n[[tang]]\nurl = \"http://127.0.0.1:9\"\nthp = \"x\"\n"},
-        {"binary", std::string("\0\xff\xfe[[tang]]\x01", 14)},
+        {"binary", std::string("\0\xff\xfe[[tang]]\x01", sizeof "\0\xff\xfe[[tang]]\x01" - 1)},
     };
     for (const auto& [name, text] : policies) {
         INFO("policy " << name);
