@@ -23,11 +23,25 @@ from pathlib import Path
 import luksforge
 
 
-def recover_passphrase(image: Path, partition, network) -> "luksforge.Secret":
+def recover_passphrase(image, partition, network):
+    """The passphrase a Clevis binding of the image recovers through Tang (returns a luksforge.Secret)."""
     target = luksforge.select_luks_target(image, partition=partition)
     with luksforge.attach_target(target, read_only=True) as attached:
         with luksforge.Volume.open(attached.device, read_only=True) as volume:
-            return volume.unlock(network=network).passphrase
+            try:
+                return volume.unlock(network=network).passphrase
+            except luksforge.Error as first:
+                # An interrupted re-encryption leaves the binding's token on its keyslot and on that keyslot's
+                # successor for the new volume key (both opened by one passphrase): decrypt the JWE itself, and
+                # let seal check it against the keyslots.
+                for token in volume.tokens():
+                    if token.type != "clevis":
+                        continue
+                    try:
+                        return luksforge.clevis_decrypt(luksforge.token_to_compact(token.json), network=network)
+                    except luksforge.Error:
+                        continue
+                raise first
 
 
 def main(argv=None) -> int:

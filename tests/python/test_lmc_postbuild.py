@@ -112,3 +112,144 @@ def test_wrong_build_passphrase_fails_cleanly_and_changes_nothing(tmp_path, poli
     result = postbuild(disk, "--policy", policy, "--build-passphrase-file", key, "--quiet")
     assert result.returncode == 1 and result.stderr.startswith("lmc-postbuild: error:")
     assert disk.read_bytes() == before
+
+
+# --- Red Hat's defaults: 16 KiB of LUKS2 metadata, sss 2 of 3, bound by the kickstart's own %post -----------------
+
+from conftest import start_tang  # noqa: E402
+from kickstart_rules import Kickstart, passphrases  # noqa: E402
+from lorax_harness import Runner  # noqa: E402
+from test_kickstarts import fake_tool, post_sections, render, write_policy  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tangs(tmp_path_factory):
+    servers = [start_tang(tmp_path_factory.mktemp(f"lmc-tang{i}") / "db") for i in range(3)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def kickstart_built_disk(tmp_path, tangs, policy, keep_build_passphrase=False):
+    """A livemedia-creator disk whose rendered lmc-make-disk kickstart's %post ran with stock Clevis (sss 2 of 3
+    against the runtime template's advertisements) on its LUKS2 root partition, formatted as anaconda does it
+    (cryptsetup's default 16 KiB metadata). Returns the disk and the build passphrase."""
+    runtime = tmp_path / "runtime"
+    (runtime / "tmp").mkdir(parents=True)
+    Runner(runtime, runtime).run(SOURCE_DIR / "lorax-templates/luksforge-runtime.tmpl", root=str(runtime),
+                                 luksforge_tang=",".join(s.url for s in tangs),
+                                 luksforge_thp=",".join(s.thp for s in tangs), luksforge_threshold="2")
+    ks = tmp_path / "ks.cfg"
+    render(policy, ks, "lmc-make-disk")
+    text = ks.read_text()
+    (passphrase,) = passphrases(Kickstart(text))
+    nochroot, chroot = post_sections(text)
+    if keep_build_passphrase:  # Red Hat's documented %post: `clevis luks bind` only
+        chroot = chroot.replace('cryptsetup luksRemoveKey --batch-mode --key-file "$keyfile" "$dev"', ":")
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(64 << 20)
+    run("sfdisk", "--quiet", disk, input=b"label: gpt\nsize=8MiB, type=U, name=EFI\ntype=L, name=root\n")
+    part = [p for p in luksforge.probe_image(disk).partitions if p.number == 2][0]
+    sysroot = tmp_path / "sysroot"
+    (sysroot / "root").mkdir(parents=True)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("grubby", "dracut"):
+        fake_tool(tools, name)
+    with luksforge.attach_loop(disk, offset_bytes=part.offset_bytes, size_bytes=part.size_bytes) as loop:
+        run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
+            "--pbkdf-force-iterations", "1000", "--key-file", "-", loop.device, input=passphrase.encode())
+        env = {**os.environ, "ANA_INSTALL_PATH": str(sysroot),
+               "LUKSFORGE_RUNTIME_DIR": str(runtime / "usr/share/luksforge")}
+        subprocess.run(["bash", "-c", nochroot], env=env, check=True)
+        env = {**os.environ, "PATH": f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin", "LUKSFORGE_DEVICES": loop.device,
+               "LUKSFORGE_SYSROOT": str(sysroot), "LUKSFORGE_CONF_DIR": str(sysroot / "etc/luksforge")}
+        result = subprocess.run(["bash", "-c", chroot], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    return disk, passphrase.encode()
+
+
+def header_tokens(image):
+    target = luksforge.select_luks_target(image)
+    with luksforge.attach_target(target, read_only=True) as attached:
+        with luksforge.Volume.open(attached.device, read_only=True) as volume:
+            assert volume.inspect().metadata_bytes == 16 << 10
+            return [t.type for t in volume.tokens()], [k.id for k in volume.keyslots()]
+
+
+def check_sealed_instance(image):
+    types, slots = header_tokens(image)
+    assert types == ["clevis"] and len(slots) == 1, (types, slots)
+    assert clevis_opens(image)
+
+
+def test_seal_and_stamp_a_disk_the_kickstart_bound_sss_2_of_3_on_16k(tmp_path, tangs):
+    policy = write_policy(tmp_path / "policy.toml", tangs)
+    disk, passphrase = kickstart_built_disk(tmp_path, tangs, policy)
+    assert not partition_opens(disk, passphrase)
+    out = tmp_path / "instances"
+    result = postbuild(disk, "--policy", policy, "--count", 2, "--out", out, "--ledger", tmp_path / "ledger.db")
+    assert result.returncode == 0, result.stderr
+    check_sealed_instance(disk)
+    instances = [line for line in result.stdout.splitlines() if line]
+    assert len(instances) == 2
+    for instance in instances:
+        check_sealed_instance(instance)
+    assert len({v.fingerprint for v in luksforge.audit([disk, out]).volumes}) == 3
+
+
+def test_seal_a_disk_whose_post_kept_the_build_passphrase(tmp_path, tangs):
+    """Red Hat's documented %post (`clevis luks bind` only), sealed with the build passphrase or through Tang."""
+    policy = write_policy(tmp_path / "policy.toml", tangs)
+    for how in ("passphrase-file", "recovered"):
+        work = tmp_path / how
+        work.mkdir()
+        disk, passphrase = kickstart_built_disk(work, tangs, policy, keep_build_passphrase=True)
+        assert partition_opens(disk, passphrase)
+        args = [disk, "--policy", policy, "--count", 1, "--out", work / "out", "--ledger", work / "ledger.db"]
+        if how == "passphrase-file":
+            key = work / "build.key"
+            luksforge.write_secret_file(key, passphrase)
+            args += ["--build-passphrase-file", key]
+        result = postbuild(*args)
+        assert result.returncode == 0, result.stderr
+        check_sealed_instance(disk)
+        assert not partition_opens(disk, passphrase)
+        check_sealed_instance(next((work / "out").iterdir()))
+
+
+@pytest.mark.parametrize("step", ["rekey-progress", "bind-keyslot-added", "bind-done", "verify-done",
+                                  "build-token-removed"])
+def test_killed_postbuild_reruns_to_completion_without_a_helper_token(step, tmp_path, tangs):
+    policy = write_policy(tmp_path / "policy.toml", tangs)
+    disk, _ = kickstart_built_disk(tmp_path, tangs, policy)
+    killed = subprocess.run([sys.executable, SCRIPT, disk, "--policy", policy, "--quiet"],
+                            env={**os.environ, "LUKSFORGE_CRASH_AT": step}, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    result = postbuild(disk, "--policy", policy, "--count", 1, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    check_sealed_instance(disk)
+    check_sealed_instance(next((tmp_path / "out").iterdir()))
+
+
+def test_too_big_for_16k_is_refused_before_anything_is_written(tmp_path):
+    """6 servers (3 of 6) bound by %post: seal would not fit; refused up front, the image unchanged."""
+    servers = [start_tang(tmp_path / f"t{i}") for i in range(6)]
+    try:
+        bind_policy = write_policy(tmp_path / "bind.toml", servers, threshold=3)
+        # luksforge kickstart refuses this policy for 16 KiB, so bind the way %post would with a 6-server config.
+        disk = tmp_path / "disk.img"
+        make_disk(disk)
+        target = luksforge.select_luks_target(disk)
+        with luksforge.attach_target(target) as attached, luksforge.Volume.open(attached.device) as volume:
+            loaded = luksforge.Policy.load(bind_policy)  # bound as stock clevis would (its own exact fit check)
+            volume.bind(loaded.pin, loaded.pin_config, passphrase=BUILD_PASSPHRASE, pbkdf=FAST)
+            volume.remove_keyslot(volume.test_passphrase(BUILD_PASSPHRASE))
+        before = disk.read_bytes()
+        result = postbuild(disk, "--policy", bind_policy, "--quiet")
+        assert result.returncode == 1 and "at most 5" in result.stderr, result.stderr
+        assert disk.read_bytes() == before
+    finally:
+        for s in servers:
+            s.stop()

@@ -65,8 +65,10 @@ struct HeaderFit {
 // `clevis luks bind` and kept the build keyslot: the largest case (an image %post did not bind, or the
 // project's kickstarts, which remove the build keyslot, need less).
 HeaderFit seal_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes);
-// Peak of `stamp` on a sealed base whose binding is `token_bytes` long, binding a token of that size.
-HeaderFit stamp_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes);
+// Peak of `stamp` on a sealed base whose binding is `token_bytes` long, binding a token of that size: by the
+// one-pass data path (AES-XTS plain64: the instance's header is made apart, holding only the new binding) or by
+// libcryptsetup re-encryption of a copy (other ciphers, --libcryptsetup).
+HeaderFit stamp_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes, bool one_pass = true);
 
 // What is still to happen to a real volume, for volume_header_fit().
 struct PipelineSteps {
@@ -133,6 +135,7 @@ public:
         TokenEstimate token;
         HeaderFit seal, stamp;
         std::optional<unsigned> max_servers;  // sss only: the most Tang servers for which both fit (estimated)
+        bool stamp_one_pass = true;           // stamp measured for its one-pass data path (the policy's cipher is AES-XTS)
         bool fits() const noexcept { return seal.fits() && stamp.fits(); }
     };
     PipelineFit pipeline_fit(std::uint64_t metadata_bytes,

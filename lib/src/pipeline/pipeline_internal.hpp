@@ -6,7 +6,9 @@
 #include <luksforge/image.hpp>
 #include <luksforge/ledger.hpp>
 #include <luksforge/luks.hpp>
+#include <luksforge/pin.hpp>
 #include <luksforge/pipeline.hpp>
+#include <luksforge/policy.hpp>
 
 #include "util/json_util.hpp"
 
@@ -109,7 +111,15 @@ struct SealState {
     std::string fingerprint_before;
     std::string started_at;
     std::optional<int> pending_keyslot;
+    // The keyslots the build passphrase opened when the bind began (after the re-key): removed at the end even
+    // when a rerun gets its passphrase from the new binding (lmc-postbuild.py recovers it through Tang).
+    std::vector<int> build_keyslots;
 };
+
+// The room seal/stamp need in `volume` for a token like the one `binding` makes, replacing `replaced_token_bytes`
+// of token: FormatError, before anything is written, saying what is too big.
+void require_header_room(const Volume& volume, const PinBinding& binding, const PinOptions& pin_options,
+                         PipelineSteps steps, const std::string& what);
 
 std::optional<SealState> read_state(const Volume& volume);
 // One atomic LUKS2 header write; sets state.token on the first write.

@@ -10,6 +10,7 @@
 #include <luksforge/image.hpp>
 #include <luksforge/tang.hpp>
 
+#include <algorithm>
 #include <cerrno>
 
 namespace luksforge {
@@ -24,6 +25,29 @@ using detail::Stopwatch;
 using detail::write_state;
 
 namespace {
+
+// The keyslots `passphrase` opens (one PBKDF derivation per keyslot).
+std::vector<int> keyslots_opened_by(const Volume& volume, const SecretBuffer& passphrase) {
+    std::vector<int> opened;
+    for (const Keyslot& slot : volume.keyslots())
+        if (volume.test_passphrase(passphrase.view(), slot.id) == slot.id) opened.push_back(slot.id);
+    return opened;
+}
+
+bool contains(const std::vector<int>& list, int value) { return std::find(list.begin(), list.end(), value) != list.end(); }
+
+// The largest clevis token serving only keyslots in `slots` (e.g. the binding a kickstart's %post made on the
+// keyslot the build passphrase opens): the new binding takes its place.
+std::optional<Token> token_to_replace(const Volume& volume, const std::vector<int>& slots) {
+    std::optional<Token> found;
+    for (const Token& token : volume.tokens()) {
+        if (token.type != "clevis" || token.keyslots.empty()) continue;
+        if (!std::all_of(token.keyslots.begin(), token.keyslots.end(), [&](int k) { return contains(slots, k); }))
+            continue;
+        if (!found || token.json.size() > found->json.size()) found = token;
+    }
+    return found;
+}
 
 int first_free_keyslot(const Volume& volume) {
     std::vector<int> used;
@@ -56,10 +80,13 @@ public:
         if (!found) {
             // Nothing in progress and the build passphrase is gone: sealed before, if a binding opens it.
             if (!volume_.test_passphrase(build_passphrase_.view())) return confirm_sealed_before();
+            require_room(true, true);
             begin_state();
         } else {
             state_ = std::move(*found);
             report_.resumed_from = state_.step;
+            if (state_.step == "rekey" || (state_.step == "bind" && !state_.pending_keyslot))
+                require_room(false, state_.step == "rekey");
         }
         report_.fingerprint_before = state_.fingerprint_before;
 
@@ -108,6 +135,29 @@ private:
         return report_;
     }
 
+    // Before anything is written: the re-key (if still due) and the bind, one Clevis token at a time, must fit
+    // the metadata; otherwise say what is too big.
+    void require_room(bool fresh, bool rekey_due) const {
+        const std::vector<int> build_slots = keyslots_opened_by(volume_, build_passphrase_);
+        PipelineSteps steps;
+        steps.add_state_record = fresh;
+        steps.rekeyed_keyslots = rekey_due ? 1 : 0;
+        if (const std::optional<Token> replaced = token_to_replace(volume_, build_slots))
+            steps.replaced_token_bytes = replaced->json.size();
+        if (rekey_due)
+            for (const Token& token : volume_.tokens())
+                if (token.type == "clevis" && !token.keyslots.empty() &&
+                    std::none_of(token.keyslots.begin(), token.keyslots.end(), [&](int k) { return contains(build_slots, k); }))
+                    steps.dropped_token_bytes += token.json.size();  // its keyslots go with the re-key
+        try {
+            detail::require_header_room(volume_, options_.binding, options_.pin_options, steps,
+                                        "seal of " + target_.describe());
+        } catch (const TangError&) {
+            // No advertisement to measure the token with: the bind step needs one too and fails there, keeping
+            // the build passphrase; a rerun measures again before binding.
+        }
+    }
+
     void begin_state() {
         state_ = SealState{};
         state_.step = "rekey";
@@ -150,6 +200,7 @@ private:
         if (state_.step == "bind") {
             const int slot = first_free_keyslot(volume_);
             state_.pending_keyslot = slot;
+            if (state_.build_keyslots.empty()) state_.build_keyslots = keyslots_opened_by(volume_, build_passphrase_);
             write_state(volume_, state_);
             crash_point("bind-start");
             add_bound_keyslot(slot);
@@ -176,7 +227,10 @@ private:
         }
     }
 
-    // A random passphrase encrypted to the pin, its keyslot `slot`, then the clevis token holding the JWE.
+    // A random passphrase encrypted to the pin and its keyslot `slot`; the JWE is decrypted through the servers
+    // and must open that keyslot before one header write puts its token in place of the build keyslot's own
+    // clevis token (a kickstart's %post binding), if any: the header holds one Clevis token at a time, and at
+    // every moment either that binding or the new, verified one opens the volume.
     void add_bound_keyslot(int slot) {
         SecretBuffer passphrase = base64url_encode(random_secret(40).bytes());
         // Encrypt first: a network or trust failure leaves the header as it was.
@@ -185,7 +239,15 @@ private:
         volume_.add_keyslot(build_passphrase_.view(), passphrase.view(), options_.keyslot_pbkdf, slot);
         crash_point("bind-keyslot-added");
         try {
-            volume_.set_token(clevis::token_json(slot, jwe));
+            const SecretBuffer recovered = clevis_decrypt(jwe, options_.pin_options);
+            if (volume_.test_passphrase(recovered.view(), slot) != slot)
+                throw AuthError("the new binding's JWE does not open keyslot " + std::to_string(slot));
+            const std::optional<Token> replaced = token_to_replace(volume_, state_.build_keyslots);
+            volume_.set_token(clevis::token_json(slot, jwe), replaced ? replaced->id : -1);
+            if (replaced)
+                report_.checks_passed.push_back("verified binding of keyslot " + std::to_string(slot) +
+                                                " replaced token " + std::to_string(replaced->id) +
+                                                " of the build keyslot in one header write");
         } catch (...) {
             try {
                 volume_.remove_keyslot_and_tokens(slot);
@@ -208,6 +270,12 @@ private:
         } catch (const TangError&) {
             throw;  // servers unreachable: keep the binding; rerunning seal verifies again
         } catch (const Error& e) {
+            // Roll back only while another way in remains: the binding may have replaced the build keyslot's
+            // token, and a passphrase recovered through that token exists nowhere else.
+            const std::vector<int> build_slots = keyslots_opened_by(volume_, build_passphrase_);
+            if (std::none_of(build_slots.begin(), build_slots.end(), [&](int k) { return k != slot; }))
+                throw AuthError("verification of keyslot " + std::to_string(slot) + " of " + target_.describe() +
+                                " failed and nothing else opens it, so the binding is kept: " + e.what());
             roll_back_binding(slot);
             throw AuthError(std::string("verification failed, binding removed (the build passphrase still opens ") +
                             target_.describe() + "): " + e.what());
@@ -242,21 +310,32 @@ private:
             if (unlocked.keyslot != slot) throw AuthError("the binding does not open keyslot " + std::to_string(slot));
             report_.checks_passed.push_back("passphrase recovered through Tang opens keyslot " + std::to_string(slot));
         }
-        while (std::optional<int> build_slot = volume_.test_passphrase(build_passphrase_.view())) {
-            if (*build_slot == slot) throw AuthError("the build passphrase opens the binding's own keyslot");
-            // The build keyslot may carry a token of its own (e.g. a kickstart's `clevis luks bind`, whose
-            // recovered passphrase is the build passphrase): it goes first, so neither a finished nor an
-            // interrupted seal leaves a token assigned to no keyslot. A rerun after a crash between the two
-            // writes finds the build keyslot still open and removes it.
-            for (int token : volume_.remove_tokens_only_of(*build_slot))
+        // The build keyslots recorded when the bind began, and any other keyslot the passphrase opens. A rerun
+        // may get its passphrase from the new binding itself (lmc-postbuild.py recovers it through Tang after a
+        // crash): that one keyslot stays.
+        std::vector<int> build_slots = state_.build_keyslots;
+        for (int k : keyslots_opened_by(volume_, build_passphrase_))
+            if (!contains(build_slots, k)) build_slots.push_back(k);
+        if (contains(build_slots, slot) && state_.build_keyslots.empty())
+            throw AuthError("the build passphrase opens the binding's own keyslot");
+        for (int build_slot : build_slots) {
+            if (build_slot == slot || !volume_.keyslot(build_slot)) continue;
+            // The build keyslot may carry a token of its own (e.g. a kickstart's `clevis luks bind`): it goes
+            // first, so neither a finished nor an interrupted seal leaves a token assigned to no keyslot.
+            for (int token : volume_.remove_tokens_only_of(build_slot))
                 report_.checks_passed.push_back("removed token " + std::to_string(token) + " of build keyslot " +
-                                                std::to_string(*build_slot));
+                                                std::to_string(build_slot));
             crash_point("build-token-removed");
-            volume_.remove_keyslot(*build_slot);
-            report_.removed_keyslots.push_back(*build_slot);
+            volume_.remove_keyslot(build_slot);
+            report_.removed_keyslots.push_back(build_slot);
             crash_point("build-removed");
         }
-        report_.checks_passed.push_back("build passphrase opens no keyslot");
+        if (volume_.test_passphrase(build_passphrase_.view())) {
+            report_.checks_passed.push_back("the passphrase given opens only the new binding's keyslot (it was "
+                                            "recovered through it); the recorded build keyslots are gone");
+        } else {
+            report_.checks_passed.push_back("build passphrase opens no keyslot");
+        }
         // Clevis tokens whose keyslots are gone (left by a tool or an older luksforge) open nothing.
         detail::remove_dead_clevis_tokens(volume_);
         volume_.remove_token(state_.token);

@@ -22,6 +22,10 @@ std::optional<SealState> read_state(const Volume& volume) {
         state.started_at = json_string_or(json.get(), "started_at");
         const json_t* pending = json_object_get(json.get(), "pending_keyslot");
         if (json_is_integer(pending)) state.pending_keyslot = static_cast<int>(json_integer_value(pending));
+        std::size_t i = 0;
+        const json_t* slot = nullptr;
+        json_array_foreach(json_object_get(json.get(), "build_keyslots"), i, slot)
+            if (json_is_integer(slot)) state.build_keyslots.push_back(static_cast<int>(json_integer_value(slot)));
         return state;
     }
     return std::nullopt;
@@ -37,6 +41,11 @@ void write_state(Volume& volume, SealState& state) {
     json_object_set_new(json.get(), "fingerprint_before", json_string(state.fingerprint_before.c_str()));
     json_object_set_new(json.get(), "started_at", json_string(state.started_at.c_str()));
     if (state.pending_keyslot) json_object_set_new(json.get(), "pending_keyslot", json_integer(*state.pending_keyslot));
+    if (!state.build_keyslots.empty()) {
+        json_t* slots = json_array();
+        for (int slot : state.build_keyslots) json_array_append_new(slots, json_integer(slot));
+        json_object_set_new(json.get(), "build_keyslots", slots);
+    }
     state.token = volume.set_token(json_dump(json.get()), state.token);
 }
 

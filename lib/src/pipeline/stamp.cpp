@@ -91,21 +91,27 @@ void make_instance_by_reencryption(const std::filesystem::path& base, const Luks
     const std::optional<int> inherited = volume.test_passphrase(base_passphrase.view());
     if (!inherited) throw Error(EIO, "the re-keyed copy lost the inherited keyslot");
 
-    clevis::BindOptions bind_options;
-    bind_options.pin = options.pin_options;
-    bind_options.pbkdf = options.keyslot_pbkdf;
-    bind_options.verify = true;
-    clevis::BindResult bound = clevis::bind(volume, binding.pin, binding.config_json, base_passphrase.view(), bind_options);
-    if (bound.verification != clevis::Verification::verified)
-        throw TangError("instance binding not verified: " + bound.message);
+    // One Clevis token at a time (a default 16 KiB header holds only one of sss over 3 Tang servers): the new
+    // keyslot first, its JWE proven through the servers, then its token in place of the inherited one; the
+    // inherited keyslot goes last. A partial instance is discarded on any failure.
+    SecretBuffer passphrase = base64url_encode(random_secret(40).bytes());
+    const std::string jwe = clevis_encrypt(binding.pin, binding.config_json, passphrase.bytes(), options.pin_options);
+    const int slot = volume.add_keyslot(base_passphrase.view(), passphrase.view(), options.keyslot_pbkdf);
+    const SecretBuffer recovered = clevis_decrypt(jwe, options.pin_options);
+    if (volume.test_passphrase(recovered.view(), slot) != slot)
+        throw TangError("instance binding not verified: its JWE does not open keyslot " + std::to_string(slot));
+    std::optional<int> inherited_token;
+    for (const Token& token : volume.tokens())
+        if (token.type == "clevis" && token.keyslots == std::vector<int>{*inherited}) inherited_token = token.id;
+    const int token = volume.set_token(clevis::token_json(slot, jwe), inherited_token.value_or(-1));
 
-    // Drop what every instance would otherwise share with the base: its token and keyslot.
-    while (std::optional<int> slot = volume.test_passphrase(base_passphrase.view())) {
-        if (*slot == bound.keyslot) throw Error(EIO, "the new binding reuses the base passphrase");
-        volume.remove_keyslot_and_tokens(*slot);
+    // Drop what every instance would otherwise share with the base: its keyslot (and any token left on it).
+    while (std::optional<int> old = volume.test_passphrase(base_passphrase.view())) {
+        if (*old == slot) throw Error(EIO, "the new binding reuses the base passphrase");
+        volume.remove_keyslot_and_tokens(*old);
     }
-    instance.keyslot = bound.keyslot;
-    instance.token = bound.token;
+    instance.keyslot = slot;
+    instance.token = token;
     instance.fingerprint = volume.fingerprint();
     instance.uuid = volume.inspect().uuid;
 }
@@ -144,13 +150,21 @@ StampReport stamp(const std::filesystem::path& base, std::size_t count, const st
             report.data_path = "libcryptsetup";
             report.data_path_note = "one-pass data path not requested";
         }
+        const std::optional<Token> base_token = volume.token(unlocked.token);
+        if (!base_token) throw NotFoundError("the base binding's token vanished");
         if (options.binding) {
             binding = *options.binding;
         } else {
-            const std::optional<Token> token = volume.token(unlocked.token);
-            if (!token) throw NotFoundError("the base binding's token vanished");
-            auto [pin, config] = config_from_jwe(clevis::token_to_compact(token->json));
+            auto [pin, config] = config_from_jwe(clevis::token_to_compact(base_token->json));
             binding = {pin, detail::json_dump(config.get())};
+        }
+        if (!one_pass) {
+            // Re-encryption of a copy, then the new token in place of the base's: that must fit, up front.
+            PipelineSteps steps;
+            steps.rekeyed_keyslots = 1;
+            steps.replaced_token_bytes = base_token->json.size();
+            detail::require_header_room(volume, binding, options.pin_options, steps,
+                                        "stamp (libcryptsetup re-encryption) of " + base_target.describe());
         }
     }
 

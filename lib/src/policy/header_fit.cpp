@@ -87,7 +87,9 @@ HeaderFit seal_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes)
     return {peak(bound_image, steps), json_area(metadata_bytes)};
 }
 
-HeaderFit stamp_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes) {
+HeaderFit stamp_header_fit(std::uint64_t metadata_bytes, std::size_t token_bytes, bool one_pass) {
+    // One pass: a freshly formatted header (its keyslot is the binding's) and the new token.
+    if (one_pass) return {fresh_header_json + token_entry(token_bytes), json_area(metadata_bytes)};
     // A sealed base: one keyslot (the binding's) and its token.
     const std::size_t base = fresh_header_json + token_entry(token_bytes);
     PipelineSteps steps;

@@ -497,7 +497,9 @@ Policy::PipelineFit Policy::pipeline_fit(std::uint64_t metadata_bytes, const std
     fit.metadata_bytes = metadata_bytes;
     fit.token = estimate_token(online);
     fit.seal = seal_header_fit(metadata_bytes, fit.token.token_bytes);
-    fit.stamp = stamp_header_fit(metadata_bytes, fit.token.token_bytes);
+    const bool one_pass = cipher == "aes-xts-plain64";  // stamp's default data path; else libcryptsetup re-encryption
+    fit.stamp_one_pass = one_pass;
+    fit.stamp = stamp_header_fit(metadata_bytes, fit.token.token_bytes, one_pass);
     if (servers.size() >= 2 || threshold > 1) {
         // sss: the token grows by about the same amount per server (each child JWE is one server's); estimate the
         // most servers of this kind that fit from this policy's own per-server share.
@@ -508,7 +510,8 @@ Policy::PipelineFit Policy::pipeline_fit(std::uint64_t metadata_bytes, const std
         unsigned most = 0;
         for (unsigned k = 1; per_server > 0 && k <= 256; ++k) {
             const std::size_t token = fixed + k * per_server;
-            if (!seal_header_fit(metadata_bytes, token).fits() || !stamp_header_fit(metadata_bytes, token).fits()) break;
+            if (!seal_header_fit(metadata_bytes, token).fits() || !stamp_header_fit(metadata_bytes, token, one_pass).fits())
+                break;
             most = k;
         }
         fit.max_servers = most;
@@ -526,7 +529,7 @@ std::string pipeline_fit_message(const Policy::PipelineFit& fit, std::size_t ser
                           format_size(fit.metadata_bytes) + " leaves " + std::to_string(fit.seal.available);
     if (fit.max_servers) message += "; at most " + std::to_string(*fit.max_servers) + " such servers fit";
     for (std::uint64_t size : Policy::metadata_sizes)
-        if (seal_header_fit(size, fit.token.token_bytes).fits() && stamp_header_fit(size, fit.token.token_bytes).fits()) {
+        if (seal_header_fit(size, fit.token.token_bytes).fits() && stamp_header_fit(size, fit.token.token_bytes, fit.stamp_one_pass).fits()) {
             message += "; or use metadata_size = \"" + format_size(size) + "\" (`luksforge format --policy`)";
             break;
         }
@@ -545,7 +548,7 @@ FormatOptions Policy::format_options() const {
     } else if (!servers.empty()) {
         const TokenEstimate token = estimate_token();
         for (std::uint64_t size : metadata_sizes)
-            if (seal_header_fit(size, token.token_bytes).fits() && stamp_header_fit(size, token.token_bytes).fits()) {
+            if (seal_header_fit(size, token.token_bytes).fits() && stamp_header_fit(size, token.token_bytes, cipher == "aes-xts-plain64").fits()) {
                 // 16 KiB is libcryptsetup's default: leave it implicit so the keyslots area default applies.
                 options.metadata_bytes = size == metadata_sizes[0] ? 0 : size;
                 break;
