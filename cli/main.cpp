@@ -9,6 +9,7 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 
@@ -30,6 +31,9 @@ int main(int argc, char** argv) {
     const rlimit no_core{0, 0};
     ::setrlimit(RLIMIT_CORE, &no_core);
     ::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    // tpm2-tss logs every failed TPM command to stderr (a changed PCR, no TPM) before luksforge says what it
+    // means in its one error line; TSS2_LOG set by the user still wins. Set before any thread starts.
+    ::setenv("TSS2_LOG", "all+NONE", 0);
     using namespace luksforge::cli;
     CLI::App app{"luksforge: NBDE-ready LUKS2 images with unique volume keys and Clevis bindings", "luksforge"};
     app.set_version_flag("--version", std::string("luksforge ") + LUKSFORGE_VERSION);

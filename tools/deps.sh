@@ -9,6 +9,8 @@ packages=(
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
   openssl sqlite3 e2fsprogs
+  # the tpm2 pin: tpm2-tss (ESYS), a software TPM for the tests, stock Clevis's tpm2 pin and its tpm2-tools
+  libtss2-dev swtpm swtpm-tools tpm2-tools clevis-tpm2
   # hardening (docs/hardening.md): libFuzzer with clang under ASan+UBSan, valgrind memcheck of the CLI
   clang-14 libclang-rt-14-dev libfuzzer-14-dev valgrind
   # the PostgreSQL ledger's tests start their own server (initdb/pg_ctl from postgresql-15)

@@ -29,6 +29,20 @@ public:
     explicit AuthError(const std::string& message, int code = EPERM) : Error(code, message) {}
 };
 
+// A tpm2 binding's PCR policy does not hold: a PCR it is bound to has changed since the binding was made
+// (another boot chain, firmware or Secure Boot state), so the TPM refuses to unseal.
+class PcrMismatchError : public AuthError {
+public:
+    explicit PcrMismatchError(const std::string& message, int code = EPERM) : AuthError(message, code) {}
+};
+
+// The TPM2 could not be used: no TPM (no /dev/tpmrm*, TPM2TOOLS_TCTI unset), its TCTI cannot be loaded or does
+// not answer, or the TPM failed a command for a reason other than a policy or key mismatch.
+class TpmError : public Error {
+public:
+    explicit TpmError(const std::string& message, int code = ENODEV) : Error(code, message) {}
+};
+
 // A file, device, keyslot, token or Tang key that was asked for does not exist.
 class NotFoundError : public Error {
 public:

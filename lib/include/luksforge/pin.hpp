@@ -1,4 +1,4 @@
-// Clevis pins: encrypt a secret to a policy (tang, sss) as Clevis's compact JWE, and decrypt it again.
+// Clevis pins: encrypt a secret to a policy (tang, tpm2, sss, null) as Clevis's compact JWE, and decrypt it again.
 // The JWE formats match stock Clevis exactly (../shared/docs/clevis-tang-format.md): what one writes, the other
 // reads.
 #pragma once
@@ -31,12 +31,15 @@ struct PinOptions {
     bool trust_on_first_use = false;
 };
 
-// `pin` is "tang" or "sss"; `config_json` is Clevis's pin configuration, e.g. {"url":...,"thp":...}.
-// Returns the compact JWE (not secret). Throws FormatError for a bad config, TangError for network/trust.
+// `pin` is "tang", "tpm2", "sss" or "null"; `config_json` is Clevis's pin configuration, e.g.
+// {"url":...,"thp":...} or {"pcr_ids":"7"}. Returns the compact JWE (not secret). Throws FormatError for a bad
+// config, TangError for network/trust, TpmError when the TPM (Clevis's rule: TPM2TOOLS_TCTI, else /dev/tpmrm?)
+// cannot be used.
 std::string clevis_encrypt(std::string_view pin, std::string_view config_json, std::span<const std::uint8_t> secret,
                            const PinOptions& options = {});
 // Decrypt a compact JWE made by clevis_encrypt or by stock `clevis encrypt`. Throws AuthError when the JWE
-// was tampered with, TangError when the server cannot be reached or refuses.
+// was tampered with (PcrMismatchError when a tpm2 binding's PCRs have changed), TangError when the server cannot
+// be reached or refuses, TpmError when the TPM cannot be used.
 SecretBuffer clevis_decrypt(std::string_view compact_jwe, const PinOptions& options = {});
 
 }  // namespace luksforge

@@ -1,5 +1,5 @@
 // The pin dispatcher behind clevis_encrypt/clevis_decrypt: parse the config or the JWE's protected header and
-// hand over to the pin it names (tang, sss). sss calls back in here for its children, so pins nest.
+// hand over to the pin it names (tang, tpm2, sss, null). sss calls back in here for its children, so pins nest.
 #include "util/error_util.hpp"
 #include "util/jose_util.hpp"
 #include "util/json_util.hpp"
@@ -17,8 +17,9 @@ std::string clevis_encrypt(std::string_view pin, std::string_view config_json, s
     if (secret.empty()) throw FormatError("refusing to encrypt an empty secret");
     if (pin == "tang") return detail::tang_encrypt(config.get(), secret, options);
     if (pin == "sss") return detail::sss_encrypt(config.get(), secret, options);
+    if (pin == "tpm2") return detail::tpm2_encrypt(config.get(), secret);
     if (pin == "null") return detail::null_encrypt(config.get(), secret);
-    throw FormatError("unknown pin '" + detail::excerpt(pin, 64) + "' (supported: tang, sss, null)");
+    throw FormatError("unknown pin '" + detail::excerpt(pin, 64) + "' (supported: tang, tpm2, sss, null)");
 }
 
 SecretBuffer clevis_decrypt(std::string_view compact_jwe, const PinOptions& options) {
@@ -29,8 +30,9 @@ SecretBuffer clevis_decrypt(std::string_view compact_jwe, const PinOptions& opti
     const std::string_view name = json_string_value(pin);
     if (name == "tang") return detail::tang_decrypt(compact_jwe, header.get(), options);
     if (name == "sss") return detail::sss_decrypt(compact_jwe, header.get(), options);
+    if (name == "tpm2") return detail::tpm2_decrypt(compact_jwe, header.get());
     if (name == "null") return detail::null_decrypt(compact_jwe, header.get());
-    throw FormatError("unsupported pin '" + detail::excerpt(name, 64) + "' in JWE (supported: tang, sss, null)");
+    throw FormatError("unsupported pin '" + detail::excerpt(name, 64) + "' in JWE (supported: tang, tpm2, sss, null)");
 }
 
 }  // namespace luksforge

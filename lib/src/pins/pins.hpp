@@ -1,6 +1,6 @@
 // Internal: the pin implementations behind clevis_encrypt/clevis_decrypt (pin.hpp). The dispatcher in
 // pin.cpp parses the config / the JWE's protected header and calls the pin named by it; sss calls back into
-// the dispatcher for its children, so pins nest.
+// the dispatcher for its children, so pins nest (tang, tpm2, null and sss again under sss).
 #pragma once
 
 #include <luksforge/pin.hpp>
@@ -19,6 +19,8 @@ std::string tang_encrypt(const json_t* config, std::span<const std::uint8_t> sec
 std::string sss_encrypt(const json_t* config, std::span<const std::uint8_t> secret, const PinOptions& options);
 
 std::string null_encrypt(const json_t* config, std::span<const std::uint8_t> secret);
+// tpm2 talks to the TPM that Clevis's rule picks (TPM2TOOLS_TCTI, else /dev/tpmrm?); see tpm2_pin.hpp.
+std::string tpm2_encrypt(const json_t* config, std::span<const std::uint8_t> secret);
 
 // JWE "dir" + "A256GCM" with a 32-byte `key`: the compact serialisation of `header` over `plaintext`, and back
 // (the AAD is the base64url protected header). Shared by sss and null.
@@ -29,6 +31,7 @@ SecretBuffer dir_a256gcm_decrypt(const SecretBuffer& key, std::string_view compa
 SecretBuffer tang_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options);
 SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, const PinOptions& options);
 SecretBuffer null_decrypt(std::string_view jwe, const json_t* protected_header);
+SecretBuffer tpm2_decrypt(std::string_view jwe, const json_t* protected_header);
 
 // tang_decrypt in its steps, so the parsing of hostile input can be fuzzed without a network (fuzz/):
 // parse and validate the JWE (no network) ...
