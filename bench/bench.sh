@@ -4,6 +4,7 @@
 # peak RSS of every timed command. Each case runs ROUNDS pairs (luksforge, stock) and reports medians; every
 # timed command's result is checked afterwards (bindings open, build passphrases are gone, volume keys differ,
 # sampled plaintext is unchanged), so a broken run cannot look fast. Prints a table and writes JSON.
+# The tpm2 pin's cases (tpm2 and sss tang+tpm2 bind/pass against one swtpm) are in bench/tpm2-bench.sh.
 #
 # Usage: bench/bench.sh LUKSFORGE_BINARY [JSON_OUT]      (root; tang, socat, clevis, cryptsetup, openssl)
 # Environment: BENCH_ROUNDS (3), BENCH_MIB (1024), BENCH_BIG_MIB (4096, 0 = skip), BENCH_COUNT (3),
@@ -117,6 +118,10 @@ for i in $(seq "$rounds"); do
     cmp -s "$work/p1" "$work/p2" || fail "luksforge pass and clevis luks pass disagree"
     cryptsetup open --test-passphrase --key-slot "$s1" --key-file "$work/p1" "$work/f1.img" || fail "pass"
 done
+
+# --- tpm2 pin (issue 16 item 5): bind and pass against one swtpm, in bench/tpm2-bench.sh ---------------------------
+. "$here/tpm2-bench.sh"
+tpm2_bench
 
 # --- seal --------------------------------------------------------------------------------------------------------
 seal_copy=()

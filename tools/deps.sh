@@ -17,6 +17,8 @@ packages=(
   postgresql
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+  # the tpm2 pin: a software TPM for the tests and the boot proof's vTPM, stock Clevis's tpm2 pin and its tools
+  swtpm swtpm-tools tpm2-tools clevis-tpm2
   # packages: Debian (debian/) and RPM (packaging/rpm/) builds and checks (LUKSFORGE_PACKAGING=1)
   debhelper dh-python lintian rpm rpmlint
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap

@@ -66,17 +66,27 @@ kernel_id=$(basename "$kdir")
 # ---- base initramfs -------------------------------------------------------------------------------------------
 # Everything that goes into the image: a change to any of it yields a new cache key.
 elf_programs=(/usr/bin/bash /usr/sbin/cryptsetup /usr/sbin/dmsetup /usr/bin/jose /usr/bin/curl /usr/bin/luksmeta
-              /usr/sbin/mke2fs /usr/bin/clevis-decrypt-sss /usr/bin/clevis-encrypt-sss)
+              /usr/sbin/mke2fs /usr/bin/clevis-decrypt-sss /usr/bin/clevis-encrypt-sss
+              /usr/bin/tpm2)
+# Clevis's tpm2 pin (boot_tpm2) runs tpm2-tools, one multi-call binary; libtss2-tctildr dlopen()s the TCTI for
+# /dev/tpmrm0, so ldd cannot find it.
+dlopened_libs=(/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0)
+# tpm2-tools' applets the tpm2 pin (and the vTPM checks) call, as links to /usr/bin/tpm2 like the package's.
+tpm2_applets=(tpm2_createprimary tpm2_create tpm2_load tpm2_unseal tpm2_flushcontext tpm2_createpolicy tpm2_pcrread
+              tpm2_pcrextend tpm2_getcap)
 script_programs=(/usr/bin/clevis /usr/bin/clevis-decrypt /usr/bin/clevis-decrypt-null /usr/bin/clevis-decrypt-tang
                  /usr/bin/clevis-encrypt-null /usr/bin/clevis-encrypt-tang /usr/bin/clevis-luks-common-functions
                  /usr/bin/clevis-luks-bind /usr/bin/clevis-luks-list /usr/bin/clevis-luks-pass
                  /usr/bin/clevis-luks-unbind /usr/bin/clevis-luks-unlock /usr/bin/clevis-luks-report
-                 /usr/bin/clevis-luks-regen /usr/bin/clevis-luks-edit)
-modules=(virtio_pci virtio_blk virtio_net virtio-rng dm-mod dm-crypt xts aesni-intel ext4)
+                 /usr/bin/clevis-luks-regen /usr/bin/clevis-luks-edit /usr/bin/clevis-decrypt-tpm2
+                 /usr/bin/clevis-encrypt-tpm2)
+# tpm_tis (the vTPM of boot_tpm2) is built into Debian's kernel; listed so a modular build would still get it.
+modules=(virtio_pci virtio_blk virtio_net virtio-rng dm-mod dm-crypt xts aesni-intel ext4 tpm_tis)
 packages=(busybox-static bash cryptsetup-bin dmsetup clevis clevis-luks jose curl luksmeta e2fsprogs libc6
-          libcryptsetup12 libjose0 libcurl4 libssl3 libjansson4 libdevmapper1.02.1)
+          libcryptsetup12 libjose0 libcurl4 libssl3 libjansson4 libdevmapper1.02.1
+          clevis-tpm2 tpm2-tools libtss2-esys-3.0.2-0 libtss2-tctildr0 libtss2-tcti-device0)
 pkg_versions=$(dpkg-query -W -f '${Package}=${Version}\n' "${packages[@]}" 2>/dev/null || true)
-key=$( { echo "$kernel_id"; echo "$pkg_versions"; printf '%s\n' "${elf_programs[@]}" "${script_programs[@]}" "${modules[@]}";
+key=$( { echo "$kernel_id"; echo "$pkg_versions"; printf '%s\n' "${elf_programs[@]}" "${script_programs[@]}" "${dlopened_libs[@]}" "${tpm2_applets[@]}" "${modules[@]}";
          declare -f boot_stage_skeleton boot_canonical_path boot_stage_elf boot_pack_cpio;
          cat "$here/build-artifacts.sh" "$here/guest/init" "$here/guest/lib.sh"; } | sha256sum | cut -c1-16)
 idir="$cache/initramfs/$kver-$key"
@@ -85,11 +95,13 @@ if [[ ! -f $idir/.done ]]; then
   for p in "${elf_programs[@]}" "${script_programs[@]}" /usr/bin/busybox; do
     [[ -x $p ]] || boot_die "$p is missing: run tools/deps.sh"
   done
+  for p in "${dlopened_libs[@]}"; do [[ -e $p ]] || boot_die "$p is missing: run tools/deps.sh"; done
   stage=$(mktemp -d)
   trap 'rm -rf "$stage"' EXIT
   boot_stage_skeleton "$stage"
-  for p in "${elf_programs[@]}"; do boot_stage_elf "$stage" "$p"; done
+  for p in "${elf_programs[@]}" "${dlopened_libs[@]}"; do boot_stage_elf "$stage" "$p"; done
   for p in "${script_programs[@]}"; do install -D -m 755 "$p" "$stage$p"; done
+  for p in "${tpm2_applets[@]}"; do ln -s tpm2 "$stage/usr/bin/$p"; done
   # glibc dlopen()s libgcc_s for thread cancellation and unwinding; ldd cannot see that.
   boot_stage_elf "$stage" "$(ldconfig -p | sed -n 's/.*libgcc_s.so.1 (libc6,x86-64) => //p' | head -n1)"
   ln -s mke2fs "$stage/usr/sbin/mkfs.ext4"

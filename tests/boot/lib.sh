@@ -73,16 +73,19 @@ boot_token_dir() {
 
 # Boot the guest once.
 #   boot_run NAME WORKDIR JOBDIR TIMEOUT [--cli PATH] [--token-handler PATH] [--hosts FILE] [--disk IMG]... [--tang IP=DB]...
+#            [--tpm SOCKET]
 # JOBDIR (run.sh and its files) becomes /job in the guest; --token-handler adds libcryptsetup-token-clevis.so (and
 # libraries not in the base) to libcryptsetup's token directory, and the host's systemd-cryptsetup; --cli adds the luksforge CLI (and libraries not in the
 # base image) as /usr/bin/luksforge; --hosts becomes the guest's /etc/hosts; disks appear as /dev/vda, /dev/vdb,
 # ... in order; each --tang makes a Tang server with database DB reachable at http://IP (port 80) from the guest
-# (IP in qemu's user network 10.0.2.0/24: it exists only inside the qemu process). The serial log is WORKDIR/NAME.log.
+# (IP in qemu's user network 10.0.2.0/24: it exists only inside the qemu process); --tpm gives the guest a TPM 2.0
+# (tpm-tis, /dev/tpmrm0) backed by the swtpm whose control socket is SOCKET (boot_swtpm_guest). The serial log is
+# WORKDIR/NAME.log.
 # Returns 0 when the guest reached its end marker; the caller checks the individual markers.
 boot_run() {
   local name=$1 workdir=$2 jobdir=$3 timeout=$4
   shift 4
-  local cli="" handler="" hosts="" disks=() tangs=() here
+  local cli="" handler="" hosts="" tpm="" disks=() tangs=() here
   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
   while (($#)); do
     case $1 in
@@ -91,6 +94,7 @@ boot_run() {
       --hosts) hosts=$2; shift 2 ;;
       --disk) disks+=("$2"); shift 2 ;;
       --tang) tangs+=("$2"); shift 2 ;;
+      --tpm) tpm=$2; shift 2 ;;
       *) boot_die "boot_run: unknown option $1" ;;
     esac
   done
@@ -123,17 +127,23 @@ boot_run() {
   local accel cpu
   accel=$(boot_accel)
   if [[ $accel == kvm ]]; then cpu=host; else cpu=max; fi
+  # no_timer_check: on a loaded host the emulated CPU can miss the kernel's early IO-APIC timer check ("IO-APIC +
+  # timer doesn't work!" panic at 0.05 s, seen under TCG while other jobs compiled); virtual machines skip it.
   local args=(-machine "q35,accel=$accel" -cpu "$cpu" -m 1024 -smp 1 -nographic -no-reboot -nodefaults
               -serial stdio -monitor none
               -kernel "$KERNEL" -initrd "$initrd"
-              -append "console=ttyS0 panic=-1 loglevel=1 edd=off rdinit=/init ${LUKSFORGE_BOOT_APPEND:-}"
+              -append "console=ttyS0 panic=-1 loglevel=1 edd=off no_timer_check rdinit=/init ${LUKSFORGE_BOOT_APPEND:-}"
               -netdev "$netdev" -device virtio-net-pci,netdev=net0,romfile=
               -device virtio-rng-pci)
+  if [[ -n $tpm ]]; then
+    [[ $tpm != *,* ]] || boot_die "no commas allowed in paths handed to qemu: $tpm"
+    args+=(-chardev "socket,id=chrtpm,path=$tpm" -tpmdev emulator,id=tpm0,chardev=chrtpm -device tpm-tis,tpmdev=tpm0)
+  fi
   local d
   for d in "${disks[@]}"; do
     args+=(-drive "file=$d,format=raw,if=virtio,cache=unsafe")
   done
-  log "booting $name ($accel, ${#disks[@]} disk(s), ${#tangs[@]} tang server(s))"
+  log "booting $name ($accel, ${#disks[@]} disk(s), ${#tangs[@]} tang server(s)${tpm:+, vTPM})"
   local start=$SECONDS rc=0
   timeout --kill-after=10 "$timeout" qemu-system-x86_64 "${args[@]}" </dev/null >"$serial" 2>"$workdir/$name.qemu.err" || rc=$?
   rm -f "$initrd"
@@ -181,5 +191,47 @@ boot_wait_port() {  # ADDRESS: wait (5 s at most) until something listens on ADD
     (exec 3<>"/dev/tcp/$1/80") 2>/dev/null && return 0
     sleep 0.1
   done
+  return 1
+}
+
+# ---- vTPM (boot_tpm2) ---------------------------------------------------------------------------------------------
+# One TPM state directory, two lives: first the host binds against it through swtpm's TCP interface (TPM2TOOLS_TCTI
+# swtpm:host=127.0.0.1,port=PORT; the control channel is PORT+1), then that swtpm is shut down (the state is saved)
+# and a new one on the same directory serves the guest through qemu's control socket. The TPM's seeds live in its
+# persistent state, so the guest's TPM re-creates the very primary key the host sealed under. Only ever inside the
+# private network namespace: the ports are the namespace's own.
+boot_swtpm_host() {  # STATEDIR PORT LOG -> prints the swtpm pid once it answers
+  local pid i
+  mkdir -p "$1"
+  swtpm socket --tpm2 --tpmstate "dir=$1" --server "type=tcp,port=$2,bindaddr=127.0.0.1" \
+    --ctrl "type=tcp,port=$(($2 + 1)),bindaddr=127.0.0.1" --flags not-need-init,startup-clear \
+    --log "file=$3,level=1" </dev/null >>"$3" 2>&1 &
+  pid=$!
+  for i in $(seq 50); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then echo "$pid"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$pid" 2>/dev/null
+  return 1
+}
+boot_swtpm_stop() {  # PID PORT: orderly shutdown through the control channel (state written), then reap
+  local i
+  swtpm_ioctl --tcp "127.0.0.1:$(($2 + 1))" -s >/dev/null 2>&1 || kill "$1" 2>/dev/null
+  for i in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null
+  return 1
+}
+boot_swtpm_guest() {  # STATEDIR SOCKET LOG -> prints the swtpm pid once the control socket exists
+  local pid i
+  swtpm socket --tpm2 --tpmstate "dir=$1" --ctrl "type=unixio,path=$2" --terminate \
+    --log "file=$3,level=1" </dev/null >>"$3" 2>&1 &
+  pid=$!
+  for i in $(seq 50); do
+    if [[ -S $2 ]]; then echo "$pid"; return 0; fi
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill "$pid" 2>/dev/null
   return 1
 }
