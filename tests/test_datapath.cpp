@@ -10,6 +10,7 @@
 
 #include "datapath/instance_header.hpp"
 #include "datapath/reencrypt_copy.hpp"
+#include "datapath/sector_stream.hpp"
 #include "datapath/segment_layout.hpp"
 
 #include <luksforge/error.hpp>
@@ -19,6 +20,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstring>
+#include <mutex>
 #include <variant>
 
 using namespace luksforge;
@@ -219,4 +223,58 @@ TEST_CASE("ciphers the one-pass path does not implement are refused with the rea
     datapath::CipherSpec aes{"aes", "xts-plain64", 64, 4096};
     SecretBuffer short_key(32);
     CHECK_THROWS_AS(datapath::XtsCipher(aes, short_key, datapath::XtsCipher::Direction::encrypt), FormatError);
+}
+
+// The engine itself: every byte goes through once, to every lane, whatever order the workers and writers take;
+// a failing writer stops the reader and workers (no hang) and its error comes back to the caller.
+TEST_CASE("the read/transform/write pipeline delivers every chunk to every lane and stops on a writer's error") {
+    TempDir dir;
+    const fs::path source = dir / "source.bin";
+    fill_random(source, 0, 9 * kMiB + 4096);  // the last chunk is short
+    Fd in(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
+    const std::uint64_t bytes = 9 * kMiB + 4096;
+    std::string expected(bytes, '\0');
+    datapath::read_exact(in.fd, expected.data(), bytes, 0, "the source");
+
+    std::vector<std::string> lanes(3, std::string(bytes, '\0'));
+    std::mutex mutex;
+    datapath::StreamPlan plan;
+    plan.lanes = lanes.size();
+    plan.writers_per_lane = 2;
+    plan.scratch_buffers = 1;
+    plan.make_worker = [] {
+        return datapath::ChunkTransform([](std::uint8_t* data, std::size_t n, std::uint64_t, std::uint8_t* const* scratch,
+                                           const std::uint8_t** out) {
+            std::memcpy(scratch[0], data, n);
+            out[0] = data;
+            out[1] = scratch[0];
+            out[2] = data;
+        });
+    };
+    plan.write = [&](std::size_t lane, const std::uint8_t* data, std::size_t n, std::uint64_t offset) {
+        CHECK(reinterpret_cast<std::uintptr_t>(data) % 4096 == 0);
+        std::lock_guard lock(mutex);
+        std::memcpy(lanes[lane].data() + offset, data, n);
+    };
+    datapath::StreamOptions options;
+    options.threads = 2;
+    options.chunk_bytes = 512 << 10;
+    std::uint64_t last_done = 0;
+    options.progress = [&](std::uint64_t done, std::uint64_t total) {
+        CHECK(total == bytes);
+        CHECK(done >= last_done);
+        last_done = done;
+    };
+    const auto result = datapath::stream_extents(in.fd, 0, {{0, bytes}}, bytes, 512, plan, options);
+    CHECK(result.bytes_transformed == bytes);
+    CHECK(result.chunk_bytes == 512u << 10);
+    CHECK(last_done == bytes);
+    for (const std::string& lane : lanes) CHECK(lane == expected);
+
+    std::atomic<int> writes{0};
+    plan.write = [&](std::size_t, const std::uint8_t*, std::size_t, std::uint64_t) {
+        if (++writes == 5) throw Error(ENOSPC, "disk full (test)");
+    };
+    CHECK_THROWS_WITH_AS(datapath::stream_extents(in.fd, 0, {{0, bytes}}, bytes, 512, plan, options),
+                         "disk full (test)", Error);
 }

@@ -48,7 +48,8 @@ struct OnePassStats {
 };
 
 // Write the whole image of `copy` into `out_fd`, a new, empty file (its size is set here): everything but the
-// volume's header area, then fdatasync. Throws Error on I/O failures, FormatError on a bad layout.
+// volume's header area, then fdatasync. Aligned data goes to the disk with O_DIRECT where the filesystem allows
+// it (no page-cache copy, no dirty-page stall at the end), the rest buffered with its writeback started at once. Throws Error on I/O failures, FormatError on a bad layout.
 OnePassStats reencrypt_copy(const OnePassCopy& copy, int out_fd);
 
 // The same for several images at once: the source is read and decrypted once, then encrypted with each

@@ -1,7 +1,9 @@
-// Internal: the parallel engine of the one-pass data path. Reads a range of one file, transforms it chunk by
-// chunk on every core, and writes it at the same or another place of another file — in bounded memory (one
-// chunk buffer per worker) and skipping holes: only the data extents of the source (SEEK_DATA/SEEK_HOLE) are
-// read, so a sparse source costs time in proportion to its allocated bytes and its holes stay holes.
+// Internal: the parallel engine of the one-pass data path. Reads a range of one file once, transforms it chunk
+// by chunk on every core and writes the results to one or more outputs ("lanes") — reading, transforming and
+// writing overlap: one reader thread reads ahead sequentially, the workers transform, one writer thread per lane
+// writes, all through a small ring of chunk buffers (bounded memory whatever the image size). Only the data
+// extents of the source (SEEK_DATA/SEEK_HOLE) are read, so a sparse source costs time in proportion to its
+// allocated bytes and its holes stay holes.
 #pragma once
 
 #include <atomic>
@@ -25,29 +27,49 @@ struct Extent {
 std::vector<Extent> data_extents(int fd, std::uint64_t begin, std::uint64_t end, std::uint64_t granule);
 
 struct StreamOptions {
-    unsigned threads = 0;                      // 0 = one per CPU this process may run on
-    std::size_t chunk_bytes = 4u << 20;        // per worker buffer; rounded down to the granule
-    // Called from the calling thread about 10 times a second and at the end with (done, total) bytes.
+    unsigned threads = 0;                      // transforming workers; 0 = one per CPU this process may run on
+    std::size_t chunk_bytes = 4u << 20;        // largest chunk; rounded down to the granule
+    // All chunk buffers together stay under this (chunks shrink when there are many lanes): the ring holds
+    // threads + 2 + writers_per_lane chunks in flight, each with a buffer per lane.
+    std::size_t buffer_budget_bytes = 48u << 20;
+    // Called from the calling thread about 10 times a second and at the end with (done, total) bytes; done
+    // counts chunks written to every lane.
     std::function<void(std::uint64_t, std::uint64_t)> progress;
 };
 
-// Work one worker thread does on a chunk it has read: transform it and write it wherever it belongs (it may
-// change `data` in place); `offset` is the chunk's offset from the start of the source range. Created once per
-// worker (its cipher contexts and scratch buffers are not shared between threads).
-using ChunkWork = std::function<void(std::uint8_t* data, std::size_t bytes, std::uint64_t offset)>;
-using WorkerFactory = std::function<ChunkWork()>;
+// A worker's transform of one chunk it was handed: `data` holds the chunk as read (`bytes` long, `offset` from
+// the start of the source range; it may be changed in place), `scratch` the chunk buffers of its own the slot has
+// (StreamPlan::scratch_buffers of them). Set out[k] for every lane k to the bytes lane k writes (data or a
+// scratch buffer). Created once per worker (its cipher contexts are not shared between threads).
+using ChunkTransform = std::function<void(std::uint8_t* data, std::size_t bytes, std::uint64_t offset,
+                                          std::uint8_t* const* scratch, const std::uint8_t** out)>;
+using WorkerFactory = std::function<ChunkTransform()>;
+// Write lane `lane`'s bytes of a chunk (called on that lane's writer threads, up to writers_per_lane at once,
+// chunks in any order). Buffers are aligned to 4096 bytes (O_DIRECT).
+using LaneWriter = std::function<void(std::size_t lane, const std::uint8_t* data, std::size_t bytes, std::uint64_t offset)>;
+
+struct StreamPlan {
+    std::size_t lanes = 1;                     // outputs
+    unsigned writers_per_lane = 1;             // writer threads per output (direct writes in flight at once)
+    std::size_t scratch_buffers = 0;           // chunk buffers per slot besides the one read into
+    WorkerFactory make_worker;
+    LaneWriter write;
+};
 
 struct StreamResult {
     std::uint64_t bytes_transformed = 0;       // data read and handed to the workers
     std::uint64_t bytes_skipped = 0;           // holes left as holes
-    unsigned threads = 0;
+    unsigned threads = 0;                      // transforming workers
+    std::size_t chunk_bytes = 0;               // the chunk size used
 };
 
 // Read `extents` (offsets relative to `in_base`; lengths multiples of the granule that chunk_bytes is rounded
-// to) from `in_fd` at in_base + offset, each byte once, and hand every chunk to a worker. Errors of any worker
-// (I/O, cipher) stop all of them and are rethrown here.
+// to) from `in_fd` at in_base + offset, each byte once and in file order (posix_fadvise SEQUENTIAL), transform
+// every chunk on a worker and write it on every lane. Errors of any thread (I/O, cipher, a throwing progress)
+// stop all of them and the first is rethrown here. Every buffer is wiped before it is freed (plaintext passes
+// through them).
 StreamResult stream_extents(int in_fd, std::uint64_t in_base, const std::vector<Extent>& extents,
-                            std::uint64_t range_bytes, std::uint64_t granule, const WorkerFactory& make_worker,
+                            std::uint64_t range_bytes, std::uint64_t granule, const StreamPlan& plan,
                             const StreamOptions& options = {});
 
 // CPUs this process may run on (sched_getaffinity), at least 1.
