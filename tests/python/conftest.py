@@ -1,5 +1,5 @@
-"""Shared fixtures for the luksforge pytest suites: small image files, a real Tang server on loopback, and
-helpers to run stock tools (cryptsetup, clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which
+"""Shared fixtures for the luksforge pytest suites: small image files, a real Tang server and a software TPM
+(swtpm) on loopback, and helpers to run stock tools (cryptsetup, clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which
 puts the build-tree luksforge package on PYTHONPATH. Keeps to Python 3.6: the same files also run under
 compat_runner.py on RHEL's Pythons (3.6, 3.9, 3.12)."""
 
@@ -119,6 +119,72 @@ def fresh_tang(tmp_path):
     server = start_tang(tmp_path / "tangdb")
     yield server
     server.stop()
+
+
+class SoftwareTpm:
+    """swtpm socket --tpm2 on a free loopback port pair (server P, control P+1, as the swtpm TCTI expects)."""
+
+    def __init__(self, state: Path) -> None:
+        self.process = None
+        for _ in range(20):
+            port = free_port()
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            self.port = port
+            break
+        else:
+            raise RuntimeError("no free loopback port pair for swtpm")
+        state.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [require_tool("swtpm"), "socket", "--tpm2", "--server", "type=tcp,port={},bindaddr=127.0.0.1".format(self.port),
+             "--ctrl", "type=tcp,port={},bindaddr=127.0.0.1".format(self.port + 1), "--tpmstate", "dir={}".format(state),
+             "--flags", "not-need-init,startup-clear"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.tcti = "swtpm:host=127.0.0.1,port={}".format(self.port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.tool("tpm2_getrandom", "--hex", "4", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("swtpm on port {} does not answer".format(self.port))
+
+    def env(self) -> dict:
+        return dict(os.environ, TPM2TOOLS_TCTI=self.tcti)
+
+    def tool(self, *args, input=None, check=True):
+        """A tpm2-tools or stock Clevis command against this TPM. Clevis 19 leaves sessions and, on failure, the
+        sealed object loaded; swtpm has no resource manager to flush them, so they are flushed here."""
+        result = run(*args, input=input, check=check, env=self.env())
+        if args[0] != "tpm2_getrandom":
+            run("tpm2_flushcontext", "-l", env=self.env())
+            run("tpm2_flushcontext", "-t", env=self.env())
+        return result
+
+    def extend_pcr(self, pcr: int, bank: str = "sha256", data: bytes = b"luksforge test") -> None:
+        import hashlib
+        self.tool("tpm2_pcrextend", "{}:{}={}".format(pcr, bank, hashlib.new(bank, data).hexdigest()))
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def swtpm(tmp_path):
+    """A software TPM of one test's own; TPM2TOOLS_TCTI points the module (in this process) at it meanwhile."""
+    tpm = SoftwareTpm(tmp_path / "tpmstate")
+    old = os.environ.get("TPM2TOOLS_TCTI")
+    os.environ["TPM2TOOLS_TCTI"] = tpm.tcti
+    yield tpm
+    if old is None:
+        del os.environ["TPM2TOOLS_TCTI"]
+    else:
+        os.environ["TPM2TOOLS_TCTI"] = old
+    tpm.stop()
 
 
 @pytest.fixture

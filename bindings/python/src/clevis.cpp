@@ -111,7 +111,7 @@ void register_clevis(py::module_& m) {
         }, "pin"_a, "config"_a, py::kw_only(), "passphrase"_a = py::none(), "volume_key"_a = py::none(),
            "keyslot"_a = -1, "pbkdf"_a = py::none(), "verify"_a = true, "trust_on_first_use"_a = false,
            "network"_a = py::none(),
-           R"doc(Bind a Clevis pin ("tang" or "sss"; config as JSON text or dict) in Clevis's token format.
+           R"doc(Bind a Clevis pin ("tang", "tpm2", "sss" or "null"; config as JSON text or dict) in Clevis's token format.
 
 Unlock with an existing `passphrase`, or a `volume_key`, or (neither) the volume key format() left in memory.
 With verify=True the new token is decrypted through the real server(s) and tested against its keyslot.

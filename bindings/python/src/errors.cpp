@@ -17,6 +17,8 @@ PyObject* busy_error_type = nullptr;
 PyObject* tang_error_type = nullptr;
 PyObject* format_error_type = nullptr;
 PyObject* limit_error_type = nullptr;
+PyObject* pcr_mismatch_error_type = nullptr;
+PyObject* tpm_error_type = nullptr;
 
 PyObject* new_exception_type(py::module_& m, const char* name, PyObject* base, const char* doc) {
     std::string qualified = std::string("luksforge.") + name;
@@ -48,14 +50,22 @@ void register_errors(py::module_& m) {
         "Talking to a Tang server failed: refused, timeout, HTTP error, bad or untrusted advertisement.");
     format_error_type = new_exception_type(m, "FormatError", error_type,
         "Input is not in the expected format (not LUKS2, malformed JSON/JWE/TOML, out-of-range option).");
+    pcr_mismatch_error_type = new_exception_type(m, "PcrMismatchError", auth_error_type,
+        "A tpm2 binding's PCR policy does not hold: a PCR it is sealed to has changed since it was made.");
+    tpm_error_type = new_exception_type(m, "TpmError", error_type,
+        "The TPM2 cannot be used: none (no /dev/tpmrm*, TPM2TOOLS_TCTI unset), unreachable, or a TPM failure.");
     limit_error_type = new_exception_type(m, "LimitError", error_type,
         "One more instance would exceed the policy's maximum number of images sharing a volume key.");
 
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
+        } catch (const PcrMismatchError& e) {
+            raise(pcr_mismatch_error_type, e);
         } catch (const AuthError& e) {
             raise(auth_error_type, e);
+        } catch (const TpmError& e) {
+            raise(tpm_error_type, e);
         } catch (const NotFoundError& e) {
             raise(not_found_error_type, e);
         } catch (const BusyError& e) {

@@ -1,4 +1,4 @@
-// Clevis pins (pin.hpp): encrypt a secret to a tang/sss policy as Clevis's compact JWE, and decrypt it.
+// Clevis pins (pin.hpp): encrypt a secret to a tang/tpm2/sss policy as Clevis's compact JWE, and decrypt it.
 #include "bindings.hpp"
 
 #include <luksforge/pin.hpp>
@@ -46,10 +46,12 @@ void register_pins(py::module_& m) {
             py::gil_scoped_release release;
             return clevis_encrypt(pin, config_json, data.bytes(), options);
         }, "pin"_a, "config"_a, "secret"_a, py::kw_only(), "trust_on_first_use"_a = false, "network"_a = py::none(),
-        R"doc(Encrypt `secret` to a Clevis pin ("tang" or "sss") as Clevis's compact JWE (GIL released).
+        R"doc(Encrypt `secret` to a Clevis pin ("tang", "tpm2", "sss" or "null") as Clevis's compact JWE (GIL released).
 
-`config` is Clevis's pin configuration as JSON text or a dict, e.g. {"url": ..., "thp": ...}. An unpinned
-advertisement is refused (TangError listing its thumbprints) unless trust_on_first_use=True.)doc");
+`config` is Clevis's pin configuration as JSON text or a dict, e.g. {"url": ..., "thp": ...} or
+{"pcr_ids": "7"}. An unpinned advertisement is refused (TangError listing its thumbprints) unless
+trust_on_first_use=True. tpm2 uses the TPM Clevis would (TPM2TOOLS_TCTI, else /dev/tpmrm*): TpmError when
+there is none.)doc");
 
     m.def("clevis_decrypt", [](py::handle jwe, bool trust_on_first_use, const NetworkOptions* network) {
             std::string compact = PyUnicode_Check(jwe.ptr()) ? jwe.cast<std::string>()
@@ -60,7 +62,8 @@ advertisement is refused (TangError listing its thumbprints) unless trust_on_fir
             py::gil_scoped_release release;
             return Secret(clevis_decrypt(compact, options));
         }, "jwe"_a, py::kw_only(), "trust_on_first_use"_a = false, "network"_a = py::none(),
-        "Decrypt a compact JWE made by clevis_encrypt or stock `clevis encrypt` (GIL released). Returns a Secret.");
+        "Decrypt a compact JWE made by clevis_encrypt or stock `clevis encrypt` (GIL released). Returns a Secret.\n\n"
+        "PcrMismatchError (an AuthError) when a tpm2 JWE's PCRs have changed; TpmError when there is no TPM.");
 }
 
 }  // namespace luksforge::python

@@ -251,7 +251,7 @@ SecretBuffer gcm_open(const SecretBuffer& key, std::string_view aad, std::span<c
 // ---- concurrent child decryption ---------------------------------------------------------------------------
 
 // Ordered by how much a failure says about the JWE: the most telling one decides the exception type.
-enum class Failure { none, other, format, tang, auth };
+enum class Failure { none, other, tpm, format, tang, auth };
 
 struct ChildResult {
     bool done = false;
@@ -291,6 +291,8 @@ void run_child(const std::shared_ptr<DecryptState>& state, std::size_t index, co
         result.failure = Failure::auth, result.error = bare_message(e);
     } catch (const TangError& e) {
         result.failure = Failure::tang, result.error = bare_message(e);
+    } catch (const TpmError& e) {
+        result.failure = Failure::tpm, result.error = bare_message(e);
     } catch (const FormatError& e) {
         result.failure = Failure::format, result.error = bare_message(e);
     } catch (const std::exception& e) {
@@ -480,6 +482,7 @@ std::string sss_encrypt(const json_t* config, std::span<const std::uint8_t> secr
             if (dynamic_cast<const TangError*>(&e)) throw TangError(message, e.code().value());
             if (dynamic_cast<const FormatError*>(&e)) throw FormatError(message, e.code().value());
             if (dynamic_cast<const AuthError*>(&e)) throw AuthError(message, e.code().value());
+            if (dynamic_cast<const TpmError*>(&e)) throw TpmError(message, e.code().value());
             throw Error(e.code().value(), message);
         }
         json_array_append_new(jwes.get(), json_stringn(child.data(), child.size()));
@@ -601,6 +604,7 @@ SecretBuffer sss_decrypt(std::string_view jwe, const json_t* protected_header, c
         switch (worst) {
             case Failure::auth: throw AuthError(message);
             case Failure::format: throw FormatError(message);
+            case Failure::tpm: throw TpmError(message, EIO);
             case Failure::other: throw Error(EIO, message);
             default: throw TangError(message);
         }
