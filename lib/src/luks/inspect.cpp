@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -74,6 +75,17 @@ std::string fingerprint_of(const json_t* header) {
     return sha256_hex(detail::json_dump(canonical.get(), JSON_COMPACT | JSON_SORT_KEYS));
 }
 
+// A NUL-padded text field of the primary LUKS2 binary header: label (48 bytes at 24) or subsystem (48 at 208).
+// Read here, not through crypt_get_label()/crypt_get_subsystem(): those appeared in libcryptsetup 2.5, and
+// luksforge keeps to the 2.4 API (README.md; the minimum_versions test checks the symbol versions it binds).
+// inspect() already needs a readable primary header (fingerprint() parses its JSON area).
+std::string binary_header_text(const std::string& binary, std::size_t offset) {
+    constexpr std::size_t field_bytes = 48;
+    if (binary.size() < offset + field_bytes) return {};
+    const char* field = binary.data() + offset;
+    return std::string(field, strnlen(field, field_bytes));
+}
+
 }  // namespace
 
 std::string Volume::fingerprint() const {
@@ -89,8 +101,9 @@ Inspection Volume::inspect() const {
     out.path = impl_->path.string();
     const auto str = [](const char* s) { return s != nullptr ? std::string(s) : std::string(); };
     out.uuid = str(crypt_get_uuid(cd));
-    out.label = str(crypt_get_label(cd));
-    out.subsystem = str(crypt_get_subsystem(cd));
+    const std::string binary = detail::read_bytes(impl_->path, 0, 4096);
+    out.label = binary_header_text(binary, 24);
+    out.subsystem = binary_header_text(binary, 208);
     out.cipher = str(crypt_get_cipher(cd));
     if (const char* mode = crypt_get_cipher_mode(cd); mode != nullptr && *mode != '\0') out.cipher += "-" + str(mode);
     out.volume_key_bytes = static_cast<std::size_t>(std::max(0, crypt_get_volume_key_size(cd)));
