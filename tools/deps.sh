@@ -9,7 +9,8 @@ packages=(
   # tests and interoperability: real Tang, stock Clevis and cryptsetup
   python3-pytest python3-mako cryptsetup-bin cryptsetup tang socat clevis clevis-luks jose curl fdisk util-linux
   openssl sqlite3 e2fsprogs
-  # the tpm2 pin: tpm2-tss (ESYS), a software TPM for the tests, stock Clevis's tpm2 pin and its tpm2-tools
+  # the tpm2 pin: tpm2-tss (ESYS), a software TPM for the tests and the boot proof's vTPM, stock Clevis's tpm2
+  # pin and its tpm2-tools
   libtss2-dev swtpm swtpm-tools tpm2-tools clevis-tpm2
   # hardening (docs/hardening.md): libFuzzer with clang under ASan+UBSan, valgrind memcheck of the CLI
   clang-14 libclang-rt-14-dev libfuzzer-14-dev valgrind
@@ -17,8 +18,6 @@ packages=(
   postgresql
   # boot proof (qemu guest with Debian's kernel)
   qemu-system-x86 busybox-static cpio kmod xz-utils zstd
-  # the tpm2 pin: a software TPM for the tests and the boot proof's vTPM, stock Clevis's tpm2 pin and its tools
-  swtpm swtpm-tools tpm2-tools clevis-tpm2
   # packages: Debian (debian/) and RPM (packaging/rpm/) builds and checks (LUKSFORGE_PACKAGING=1)
   debhelper dh-python lintian rpm rpmlint
   # long boot proof (LUKSFORGE_BOOT_FULL=1): a Debian root-on-LUKS system built with mmdebstrap
