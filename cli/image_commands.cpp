@@ -130,6 +130,7 @@ void register_seal(CLI::App& app) {
     set_action(*cmd, [opts] {
         Policy policy = Policy::load(opts->policy);
         policy.require_valid();
+        policy.require_no_tpm2("seal");
         SealOptions options;
         Policy::Pin pin = policy.pin();
         options.binding = {pin.name, pin.config_json};
@@ -198,6 +199,7 @@ void register_stamp(CLI::App& app) {
         if (!opts->policy.empty()) {
             Policy policy = Policy::load(opts->policy);
             policy.require_valid();
+            policy.require_no_tpm2("stamp");
             Policy::Pin pin = policy.pin();
             options.binding = PinBinding{pin.name, pin.config_json};
             options.policy = policy_source(opts->policy);

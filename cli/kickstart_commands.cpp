@@ -102,6 +102,7 @@ std::string template_text(const KickstartOptions& options) {
 void check_policy(const std::string& path) {
     Policy policy = Policy::load(path);
     policy.require_valid();
+    policy.require_no_tpm2("kickstart");  // its templates bind Tang servers only (and verify them at render time)
     if (policy.trust_on_first_use)
         throw FormatError("policy " + path + " allows trust_on_first_use: an install must bind to pinned or offline "
                           "advertisements");

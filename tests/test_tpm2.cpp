@@ -12,6 +12,7 @@
 #include <luksforge/error.hpp>
 #include <luksforge/luks.hpp>
 #include <luksforge/pin.hpp>
+#include <luksforge/policy.hpp>
 
 #include <jansson.h>
 
@@ -407,4 +408,66 @@ TEST_CASE("luksforge bind IMG tpm2 with a bad config: exit 7, the header bytes u
     CHECK(r.exit_code == 1);
     CHECK_MESSAGE(r.err.find("TPM") != std::string::npos, r.err);
     CHECK(image.header() == before);
+}
+
+TEST_CASE("policy files: [tpm2] as one more share; bind --policy opens in clevis; seal and stamp refuse it") {
+    SoftwareTpm tpm;
+    TangServer tang;
+    TempDir dir;
+    const auto policy_file = dir / "policy.toml";
+    write_file(policy_file, "threshold = 2\n\n[[tang]]\nurl = \"" + tang.url() + "\"\nthp = \"" + tang.thumbprint() +
+                                "\"\n\n[tpm2]\npcr_ids = [16]\npcr_bank = \"sha256\"\n");
+    const Policy policy = Policy::load(policy_file);
+    CHECK(policy.check().empty());
+    REQUIRE(policy.tpm2);
+    CHECK(policy.tpm2->config_json == R"({"pcr_bank":"sha256","pcr_ids":"16"})");
+    CHECK(policy.tpm2->line == 7);
+    const Policy::Pin pin = policy.pin();
+    CHECK(pin.name == "sss");
+    CHECK(pin.config_json == R"({"t":2,"pins":{"tang":[{"url":")" + tang.url() + R"(","thp":")" + tang.thumbprint() +
+                                 R"("}],"tpm2":{"pcr_bank":"sha256","pcr_ids":"16"}}})");
+    CHECK(run_cli({"policy", "pin", policy_file.string()}).out == "sss " + pin.config_json + "\n");
+    CHECK(run_cli({"policy", "check", policy_file.string()}).exit_code == 0);
+
+    Image image;
+    const RunResult bound = run_cli({"bind", image.path.string(), "--policy", policy_file.string(), "--passphrase-file",
+                                     image.pass_file.string()});
+    REQUIRE_MESSAGE(bound.exit_code == 0, bound.err);
+    const RunResult pass = stock({"clevis", "luks", "pass", "-d", image.path.string(), "-s", "1"});
+    REQUIRE_MESSAGE(pass.exit_code == 0, pass.err);
+    CHECK(cryptsetup_accepts(image, 1, pass.out));
+
+    // seal and stamp run on the build host: a [tpm2] there would be the build host's TPM. Refused, nothing written.
+    Image other;
+    const std::string before = other.header();
+    const RunResult seal = run_cli({"seal", other.path.string(), "--policy", policy_file.string(),
+                                    "--build-passphrase-file", other.pass_file.string(), "--no-ledger", "-q"});
+    CHECK(seal.exit_code == 7);
+    CHECK_MESSAGE(seal.err.find("build host's TPM") != std::string::npos, seal.err);
+    CHECK(other.header() == before);
+
+    // A [tpm2] alone with t = 1 is the tpm2 pin itself.
+    const Policy alone = Policy::parse("[tpm2]\npcr_ids = \"7\"\n");
+    CHECK(alone.check().empty());
+    CHECK(alone.pin().name == "tpm2");
+    CHECK(alone.pin().config_json == R"({"pcr_ids":"7"})");
+    CHECK(alone.estimate_token().token_bytes > 900);
+}
+
+TEST_CASE("policy files: bad [tpm2] tables are problems on their lines") {
+    const auto messages = [](const std::string& text) {
+        std::string all;
+        for (const PolicyProblem& p : Policy::parse(text).check()) all += p.to_string() + "\n";
+        return all;
+    };
+    const std::string url = "[[tang]]\nurl = \"http://127.0.0.1:9\"\nthp = \"x5j47HARIeE6pkZckMW8Z7dvFQ8XWCRdQ_5UlETyj4I\"\n";
+    CHECK_MESSAGE(messages(url + "[tpm2]\npcr_ids = \"99\"\n").find("<policy>:4: [tpm2]: tpm2: \"pcr_ids\" \"99\"") !=
+                      std::string::npos,
+                  messages(url + "[tpm2]\npcr_ids = \"99\"\n"));
+    CHECK(messages(url + "[tpm2]\npcr = \"7\"\n").find("<policy>:5: unknown key tpm2.pcr") != std::string::npos);
+    CHECK(messages(url + "[tpm2]\npcr_bank = \"md5\"\n").find("unsupported pcr_bank \"md5\"") != std::string::npos);
+    CHECK(messages(url + "[tpm2]\nkey = 3\n").find("tpm2.key must be a string") != std::string::npos);
+    CHECK(messages("threshold = 3\n" + url + "[tpm2]\n").find("larger than the 1 Tang server and the TPM2") !=
+          std::string::npos);
+    CHECK(messages("tpm2 = 1\n").find("tpm2 must be a table") != std::string::npos);
 }

@@ -36,6 +36,7 @@ PinChoice choose_pin(const std::optional<std::filesystem::path>& policy_path, co
         py::gil_scoped_release release;
         Policy policy = Policy::load(*policy_path);
         policy.require_valid();
+        policy.require_no_tpm2("seal/stamp");
         Policy::Pin p = policy.pin();
         choice.binding = PinBinding{p.name, p.config_json};
         choice.pin_options = policy.pin_options(limits);

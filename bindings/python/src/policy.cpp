@@ -61,7 +61,12 @@ advertisements, threshold, cipher and PBKDF requirements, LUKS2 metadata size, i
         .def_readonly("metadata_bytes", &Policy::metadata_bytes)
         .def_readonly("keyslots_bytes", &Policy::keyslots_bytes)
         .def_readonly("keyslot_pbkdf", &Policy::keyslot_pbkdf)
-        .def_property_readonly("pin", [](const Policy& p) { return p.pin().name; }, "'tang' (one server) or 'sss'.")
+        .def_property_readonly("tpm2", [](const Policy& p) -> std::optional<std::string> {
+            if (!p.tpm2) return std::nullopt;
+            return p.tpm2->config_json;
+        }, "The [tpm2] pin's Clevis config (JSON text), or None.")
+        .def_property_readonly("pin", [](const Policy& p) { return p.pin().name; },
+                               "'tang' (one server), 'tpm2' (a [tpm2] alone) or 'sss'.")
         .def_property_readonly("pin_config", [](const Policy& p) { return p.pin().config_json; },
                                "Clevis's pin configuration (JSON text) the policy binds.")
         .def("estimate_token", [](const Policy& p) {

@@ -42,6 +42,12 @@ struct PolicyTangServer {
     std::size_t url_line = 0, thp_line = 0, adv_line = 0;  // where each setting is (0 = not given)
 };
 
+// The instance's TPM2 as one more pin of the policy ([tpm2]: Clevis's tpm2 config, e.g. pcr_ids = "7").
+struct PolicyTpm2 {
+    std::string config_json;  // {"pcr_ids":"7",...} as clevis_encrypt("tpm2", ...) takes it
+    std::size_t line = 0;     // where the [tpm2] table starts
+};
+
 // Estimated size of the LUKS2 metadata a binding made under this policy needs.
 struct TokenEstimate {
     std::size_t token_bytes = 0;      // the clevis token's JSON
@@ -104,6 +110,7 @@ public:
     // --- the policy's content ---------------------------------------------------------------------------------
     std::string source;                          // file path or "<policy>"
     std::vector<PolicyTangServer> servers;
+    std::optional<PolicyTpm2> tpm2;              // [tpm2]: one more share (t counts it like a server)
     unsigned threshold = 1;                      // t; defaults to 1 when absent
     bool trust_on_first_use = false;
     unsigned max_instances_per_key = 1;          // used by the image pipeline (stamp, audit)
@@ -116,10 +123,13 @@ public:
 
     // --- what it means for bind / format / verification --------------------------------------------------------
     struct Pin {
-        std::string name;                        // "tang" or "sss"
+        std::string name;                        // "tang", "tpm2" (a [tpm2] alone) or "sss"
         std::string config_json;                 // Clevis's config for clevis_encrypt / clevis::bind
     };
     Pin pin() const;
+    // The image pipeline (seal, stamp) and kickstarts bind on the build host: a [tpm2] there would seal to the
+    // build host's TPM, not the instance's. Throws FormatError naming `command` when the policy has [tpm2].
+    void require_no_tpm2(std::string_view command) const;
     PinOptions pin_options(const NetworkOptions& network = {}) const;
     // Cipher, key size, metadata and keyslots area: the explicit sizes, or the smallest metadata size the
     // estimated binding fits in.

@@ -2,6 +2,7 @@
 // `luksforge policy check` reports, and what a policy means for clevis_encrypt/bind and for format.
 #include <luksforge/policy.hpp>
 
+#include "pins/tpm2_pin.hpp"
 #include "policy/header_fit.hpp"
 #include "util/cryptsetup_util.hpp"
 #include "util/error_util.hpp"
@@ -166,6 +167,9 @@ struct Reader {
                 if (auto text = string_of(key, node, "")) policy.ledger = *text;
             } else if (name == "tang") {
                 read_servers(node);
+            } else if (name == "tpm2") {
+                if (const auto* table = node.as_table()) read_tpm2(*table);
+                else problem(line_of(node), "tpm2 must be a table ([tpm2])");
             } else if (name == "luks") {
                 if (const auto* table = node.as_table()) read_luks(*table);
                 else problem(line_of(node), "luks must be a table ([luks])");
@@ -173,7 +177,7 @@ struct Reader {
                 if (const auto* table = node.as_table()) read_keyslot(*table);
                 else problem(line_of(node), "keyslot must be a table ([keyslot])");
             } else {
-                unknown(key, "", "threshold, trust_on_first_use, max_instances_per_key, ledger, [[tang]], [luks], [keyslot]");
+                unknown(key, "", "threshold, trust_on_first_use, max_instances_per_key, ledger, [[tang]], [tpm2], [luks], [keyslot]");
             }
         }
     }
@@ -208,6 +212,46 @@ struct Reader {
             if (server.url_line == 0) problem(server.line, "[[tang]] entry has no url");
             policy.servers.push_back(std::move(server));
         }
+    }
+
+    // [tpm2]: Clevis's tpm2 config in TOML (pcr_ids as "0,7" or [0, 7]); validated as the pin validates it.
+    void read_tpm2(const toml::table& table) {
+        PolicyTpm2 tpm2;
+        tpm2.line = line_of(table);
+        detail::JsonPtr config = detail::json_take(json_object());
+        bool sound = true;
+        for (auto&& [key, node] : table) {
+            const std::string_view name = key.str();
+            if (name == "pcr_ids" && node.is_array()) {
+                json_t* ids = json_array();
+                for (const toml::node& item : *node.as_array()) {
+                    if (const auto* n = item.as_integer()) json_array_append_new(ids, json_integer(n->get()));
+                    else if (const auto* t = item.as_string()) json_array_append_new(ids, json_string(t->get().c_str()));
+                    else sound = false, problem(line_of(item), "tpm2.pcr_ids items must be PCR numbers");
+                }
+                json_object_set_new(config.get(), "pcr_ids", ids);
+            } else if (name == "pcr_ids" || name == "pcr_bank" || name == "hash" || name == "key") {
+                if (auto text = string_of(key, node, "tpm2."))
+                    json_object_set_new(config.get(), std::string(name).c_str(), json_string(text->c_str()));
+                else
+                    sound = false;
+            } else {
+                unknown(key, "tpm2.", "pcr_ids, pcr_bank, hash, key");
+                sound = false;
+            }
+        }
+        if (!sound) return;
+        try {
+            const detail::Tpm2Config parsed = detail::parse_tpm2_config(config.get());
+            // Clevis's own form of the ids ("0,7"), so `policy pin` prints what `clevis luks bind` takes.
+            if (!parsed.pcrs.empty())
+                json_object_set_new(config.get(), "pcr_ids", json_string(parsed.pcrs.ids.c_str()));
+        } catch (const FormatError& e) {
+            problem(tpm2.line, "[tpm2]: " + bare_message(e));
+            return;
+        }
+        tpm2.config_json = detail::json_dump(config.get(), JSON_COMPACT | JSON_SORT_KEYS);
+        policy.tpm2 = std::move(tpm2);
     }
 
     void read_luks(const toml::table& table) {
@@ -319,6 +363,15 @@ std::size_t estimated_tang_jwe(const PolicyTangServer& server) {
     return (1292 + b64_length(server.url.size())) * 105 / 100;
 }
 
+// A tpm2 JWE's length, an upper bound without a TPM (check and format never touch one): measured with swtpm
+// as 782 (sha256, no PCRs), 882 (PCR 7), 1025 (sha384, rsa) and 1249 bytes (sha512, all 24 sha512 PCRs).
+std::size_t estimated_tpm2_jwe(const PolicyTpm2& tpm2) {
+    detail::JsonPtr config = detail::json_parse(tpm2.config_json, "[tpm2]");
+    const std::string hash = detail::json_string_or(config.get(), "hash", "sha256");
+    const std::size_t base = hash == "sha512" ? 1400 : hash == "sha384" ? 1100 : 1000;
+    return base + 2 * detail::json_string_or(config.get(), "pcr_ids").size();
+}
+
 // Compact JWE length → the clevis token's JSON length ({"type":"clevis","keyslots":["N"],"jwe":{...}}).
 std::size_t token_json_length(std::size_t compact_length) { return compact_length + 110; }
 
@@ -363,11 +416,13 @@ std::vector<PolicyProblem> Policy::check() const {
     auto problem = [&](std::size_t line, std::string message) { problems.push_back({source, line, std::move(message)}); };
 
     const std::size_t n = servers.size();
-    if (n == 0) problem(0, "no Tang servers: add at least one [[tang]] entry with a url");
-    if (n > 0 && threshold > n)
+    const std::size_t pins = n + (tpm2 ? 1 : 0);
+    if (pins == 0) problem(0, "no Tang servers: add at least one [[tang]] entry with a url (or a [tpm2])");
+    if (pins > 0 && threshold > pins)
         problem(threshold_line ? threshold_line : servers_line,
                 "threshold = " + std::to_string(threshold) + " is larger than the " + std::to_string(n) +
-                    " Tang server" + (n == 1 ? "" : "s") + " listed (t must be 1.." + std::to_string(n) + ")");
+                    " Tang server" + (n == 1 ? "" : "s") + (tpm2 ? " and the TPM2" : "") + " listed (t must be 1.." +
+                    std::to_string(pins) + ")");
 
     std::map<std::string, std::size_t> seen_urls;
     bool adv_unusable = false;
@@ -417,7 +472,7 @@ std::vector<PolicyProblem> Policy::check() const {
     }
 
     // Do seal and stamp fit the metadata? Only meaningful for a policy whose servers are otherwise sound.
-    if (n > 0 && threshold >= 1 && threshold <= n && !adv_unusable) {
+    if (pins > 0 && threshold >= 1 && threshold <= pins && !adv_unusable) {
         try {
             if (metadata_bytes) {
                 const PipelineFit fit = pipeline_fit(*metadata_bytes);
@@ -448,13 +503,27 @@ void Policy::require_valid() const {
 }
 
 Policy::Pin Policy::pin() const {
-    if (servers.empty()) throw FormatError("policy " + source + " names no Tang server");
-    if (servers.size() == 1 && threshold == 1) return {"tang", detail::json_dump(tang_config(servers[0]).get())};
-    detail::JsonPtr tangs = detail::json_take(json_array());
-    for (const PolicyTangServer& server : servers) json_array_append_new(tangs.get(), tang_config(server).release());
-    detail::JsonPtr config = detail::json_take(
-        json_pack("{s:I,s:{s:O}}", "t", static_cast<json_int_t>(threshold), "pins", "tang", tangs.get()));
+    if (servers.empty() && !tpm2) throw FormatError("policy " + source + " names no Tang server");
+    if (servers.size() == 1 && !tpm2 && threshold == 1) return {"tang", detail::json_dump(tang_config(servers[0]).get())};
+    if (servers.empty() && threshold == 1) return {"tpm2", tpm2->config_json};
+    detail::JsonPtr pins = detail::json_take(json_object());
+    if (!servers.empty()) {
+        json_t* tangs = json_array();
+        for (const PolicyTangServer& server : servers) json_array_append_new(tangs, tang_config(server).release());
+        json_object_set_new(pins.get(), "tang", tangs);
+    }
+    if (tpm2) json_object_set_new(pins.get(), "tpm2", detail::json_parse(tpm2->config_json, "[tpm2]").release());
+    detail::JsonPtr config =
+        detail::json_take(json_pack("{s:I,s:O}", "t", static_cast<json_int_t>(threshold), "pins", pins.get()));
     return {"sss", detail::json_dump(config.get())};
+}
+
+void Policy::require_no_tpm2(std::string_view command) const {
+    if (!tpm2) return;
+    throw FormatError(std::string(command) + ": policy " + source + " has a [tpm2] pin (line " +
+                      std::to_string(tpm2->line) + "), which " + std::string(command) +
+                      " would seal to this build host's TPM, not the instance's; bind tpm2 on the instance "
+                      "(`luksforge bind IMAGE --policy FILE` there, or `clevis luks bind`)");
 }
 
 PinOptions Policy::pin_options(const NetworkOptions& network) const {
@@ -469,7 +538,7 @@ TokenEstimate Policy::estimate_token(const std::optional<NetworkOptions>& online
     const bool all_offline = !servers.empty() && std::all_of(servers.begin(), servers.end(), [](const auto& s) {
         return s.adv.has_value();
     });
-    if (all_offline || online) {
+    if ((all_offline || online) && !tpm2) {
         // Encrypt a throw-away passphrase: the size is exact (every length in the JWE is fixed by the
         // advertisements, the URLs and the passphrase length). Offline advertisements need no network.
         const Pin chosen = pin();
@@ -478,12 +547,15 @@ TokenEstimate Policy::estimate_token(const std::optional<NetworkOptions>& online
         const std::string jwe = clevis_encrypt(chosen.name, chosen.config_json, dummy.bytes(), options);
         estimate.token_bytes = token_json_length(jwe.size());
         estimate.measured = true;
-    } else if (servers.size() == 1 && threshold == 1) {
+    } else if (servers.size() == 1 && !tpm2 && threshold == 1) {
         estimate.token_bytes = token_json_length(estimated_tang_jwe(servers[0]));
+    } else if (servers.empty() && tpm2 && threshold == 1) {
+        estimate.token_bytes = token_json_length(estimated_tpm2_jwe(*tpm2));
     } else {
         // {"alg":"dir","enc":"A256GCM","clevis":{"pin":"sss","sss":{"t":T,"p":"<43>","jwe":["child",...]}}}
         std::size_t header = 100;
         for (const PolicyTangServer& server : servers) header += estimated_tang_jwe(server) + 3;
+        if (tpm2) header += estimated_tpm2_jwe(*tpm2) + 3;
         const std::size_t compact = b64_length(header) + 2 + b64_length(12) + 1 +
                                     b64_length(clevis_passphrase_bytes) + 1 + b64_length(16);
         estimate.token_bytes = token_json_length(compact);
@@ -500,10 +572,10 @@ Policy::PipelineFit Policy::pipeline_fit(std::uint64_t metadata_bytes, const std
     const bool one_pass = cipher == "aes-xts-plain64";  // stamp's default data path; else libcryptsetup re-encryption
     fit.stamp_one_pass = one_pass;
     fit.stamp = stamp_header_fit(metadata_bytes, fit.token.token_bytes, one_pass);
-    if (servers.size() >= 2 || threshold > 1) {
+    if (servers.size() + (tpm2 ? 1 : 0) >= 2 || threshold > 1) {
         // sss: the token grows by about the same amount per server (each child JWE is one server's); estimate the
         // most servers of this kind that fit from this policy's own per-server share.
-        const std::size_t n = servers.size();
+        const std::size_t n = servers.size() + (tpm2 ? 1 : 0);
         const std::size_t fixed = token_json_length(b64_length(100) + 2 + b64_length(12) + 1 +
                                                     b64_length(clevis_passphrase_bytes) + 1 + b64_length(16));
         const std::size_t per_server = fit.token.token_bytes > fixed ? (fit.token.token_bytes - fixed + n - 1) / n : 0;
@@ -545,7 +617,7 @@ FormatOptions Policy::format_options() const {
     options.volume_key_bytes = key_bits / 8;
     if (metadata_bytes) {
         options.metadata_bytes = *metadata_bytes;
-    } else if (!servers.empty()) {
+    } else if (!servers.empty() || tpm2) {
         const TokenEstimate token = estimate_token();
         for (std::uint64_t size : metadata_sizes)
             if (seal_header_fit(size, token.token_bytes).fits() && stamp_header_fit(size, token.token_bytes, cipher == "aes-xts-plain64").fits()) {
