@@ -5,16 +5,27 @@ lines starting with '#', shlex.split each line and brace-expand every word — e
 Runner: the documented file commands against an input and an output tree (install copies inroot→outroot;
 mkdir/chmod/remove/append/replace/copy/move/symlink act in outroot; runcmd runs a host command), a leading '-'
 ignoring that line's error, and the first other error aborting. Package commands are refused: they need
-lorax's dnf backend, which an add-template must not rely on."""
+lorax's dnf backend, which an add-template must not rely on.
+
+Lorax renders its templates in the build host's own Python, which has Mako. The module's tests also run under
+RHEL's Pythons (tests/python/compat_runner.py), where no Mako is installed: there Runner.run hands the whole
+template run to Debian's python3 (`LUKSFORGE_MAKO_PYTHON`, default /usr/bin/python3, with the module built for it
+from `LUKSFORGE_MAKO_PYTHONPATH`) running this file, the way lorax on that host would run it, and takes back
+what it did."""
 
 import glob
+import json
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
-from mako.lookup import TemplateLookup
+try:
+    from mako.lookup import TemplateLookup
+except ImportError:  # a Python without Mako: Runner.run renders through _run_in_mako_python
+    TemplateLookup = None
 
 DOCUMENTED = {"install", "installimg", "installkernel", "installinitrd", "mkdir", "append", "replace", "copy",
               "move", "symlink", "hardlink", "remove", "chmod", "treeinfo", "log", "runcmd", "systemctl",
@@ -32,7 +43,9 @@ def brace_expand(word):
         yield from brace_expand(prefix + choice + suffix)
 
 
-def parse(template: Path, **variables) -> list[list[str]]:
+def parse(template: Path, **variables) -> "list[list[str]]":
+    if TemplateLookup is None:
+        raise ImportError("Mako is not installed for this Python: render through Runner.run")
     lookup = TemplateLookup(directories=["/", str(template.parent)])
     text = lookup.get_template(str(template.resolve())).render(**variables)
     lines = [line.strip() for line in text.splitlines()]
@@ -51,6 +64,8 @@ class Runner:
         self.commands = []
 
     def run(self, template: Path, **variables):
+        if TemplateLookup is None:
+            return self._run_in_mako_python(template, variables)
         builtins = {"exists": lambda p: bool(glob.glob(str(_inside(self.inroot, p)))),
                     "glob": lambda g: [str(Path(p).relative_to(self.inroot))
                                        for p in glob.glob(str(_inside(self.inroot, g)))]}
@@ -67,6 +82,20 @@ class Runner:
                 if not skip_error:
                     raise
         return parsed
+
+    def _run_in_mako_python(self, template, variables):
+        """The same run in a Python that has Mako (template variables must be JSON values)."""
+        python = os.environ.get("LUKSFORGE_MAKO_PYTHON", "/usr/bin/python3")
+        request = json.dumps({"inroot": str(self.inroot), "outroot": str(self.outroot),
+                              "template": str(template), "variables": variables})
+        env = dict(os.environ)  # templates import the host's luksforge module: the one built for that Python
+        env["PYTHONPATH"] = os.environ.get("LUKSFORGE_MAKO_PYTHONPATH", env.get("PYTHONPATH", ""))
+        done = subprocess.run([python, os.path.abspath(__file__)], input=request.encode(), stdout=subprocess.PIPE,
+                              env=env, check=True)
+        reply = json.loads(done.stdout.decode())
+        self.log.extend(reply["log"])
+        self.commands.extend(reply["commands"])
+        return reply["parsed"]
 
     # --- the documented commands the luksforge templates use -------------------------------------------------
     def cmd_log(self, message):
@@ -110,3 +139,13 @@ class Runner:
     def cmd_runcmd(self, *cmdlist):
         assert cmdlist[0].startswith("/"), f"runcmd needs an absolute path: {cmdlist[0]}"
         subprocess.run(cmdlist, check=True)
+
+
+if __name__ == "__main__":  # Runner.run on behalf of a Python without Mako: a JSON request on stdin
+    request = json.load(sys.stdin)
+    reply_to = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what runcmd's commands print goes to stderr, not into the reply
+    runner = Runner(Path(request["inroot"]), Path(request["outroot"]))
+    parsed = runner.run(Path(request["template"]), **request["variables"])
+    json.dump({"parsed": parsed, "log": runner.log, "commands": runner.commands}, reply_to)
+    reply_to.close()

@@ -165,7 +165,8 @@ def kickstart_built_disk(tmp_path, tangs, policy, keep_build_passphrase=False):
         subprocess.run(["bash", "-c", nochroot], env=env, check=True)
         env = {**os.environ, "PATH": f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin", "LUKSFORGE_DEVICES": loop.device,
                "LUKSFORGE_SYSROOT": str(sysroot), "LUKSFORGE_CONF_DIR": str(sysroot / "etc/luksforge")}
-        result = subprocess.run(["bash", "-c", chroot], env=env, capture_output=True, text=True)
+        result = subprocess.run(["bash", "-c", chroot], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True)
         assert result.returncode == 0, result.stderr
     return disk, passphrase.encode()
 
@@ -225,7 +226,8 @@ def test_killed_postbuild_reruns_to_completion_without_a_helper_token(step, tmp_
     policy = write_policy(tmp_path / "policy.toml", tangs)
     disk, _ = kickstart_built_disk(tmp_path, tangs, policy)
     killed = subprocess.run([sys.executable, SCRIPT, disk, "--policy", policy, "--quiet"],
-                            env={**os.environ, "LUKSFORGE_CRASH_AT": step}, capture_output=True, text=True)
+                            env={**os.environ, "LUKSFORGE_CRASH_AT": step}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
     assert killed.returncode == -9, killed.stderr
     result = postbuild(disk, "--policy", policy, "--count", 1, "--out", tmp_path / "out")
     assert result.returncode == 0, result.stderr

@@ -42,7 +42,9 @@ void Volume::Impl::load(bool any_version) {
     }
     const char* type = crypt_get_type(raw);
     if (!any_version && type != nullptr && std::strcmp(type, CRYPT_LUKS1) == 0)
-        throw FormatError(path.string() + " is LUKS1; luksforge needs LUKS2 (cryptsetup convert --type luks2)");
+        throw FormatError(path.string() + " is LUKS1; luksforge needs LUKS2 (`cryptsetup convert --type luks2 " +
+                          path.string() + "`, which refuses a header holding Clevis luksmeta bindings: "
+                          "`luksforge bind` on such a volume prints the steps that convert it)");
 }
 
 Volume::Volume(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
