@@ -178,10 +178,15 @@ disks=()
     if [[ $v == p ]]; then
       # Both banks: Clevis 19 seals to sha1 unless the config names pcr_bank.
       echo "lfb_check p.clevis ok clevis_unlock $dev p_c && cryptsetup close p_c"
+      luksforge_unlocks && echo "lfb_check p.luksforge ok luksforge_unlock $dev p_lf"
       echo "lfb_check p.extend ok env TPM2TOOLS_TCTI=device:/dev/tpmrm0 tpm2_pcrextend 23:sha1=$(printf boot-tpm2 | sha1sum | cut -d' ' -f1),sha256=$(printf boot-tpm2 | sha256sum | cut -d' ' -f1)"
       echo "lfb_check p.extended fail clevis_unlock $dev p_x; lfb_check p.unmapped ok not_mapped p_x"
+      luksforge_unlocks &&
+        echo "lfb_check p.luksforge.extended fail luksforge_unlock $dev p_lx; lfb_check p.luksforge.unmapped ok not_mapped p_lx"
     elif [[ $v == o ]]; then
       echo "lfb_check o.clevis fail clevis_unlock $dev o_c; lfb_check o.unmapped ok not_mapped o_c"
+      luksforge_unlocks &&
+        echo "lfb_check o.luksforge fail luksforge_unlock $dev o_lf; lfb_check o.luksforge.unmapped ok not_mapped o_lf"
     else
       echo "lfb_check $v.clevis ok clevis_unlock $dev ${v}_c && lfb_check $v.data ok roundtrip $v $dev ${v}_c"
       luksforge_unlocks && echo "lfb_check $v.luksforge ok luksforge_unlock $dev ${v}_lf"
@@ -221,24 +226,29 @@ if checks_pass "the guest has a TPM 2.0 at /dev/tpmrm0" tpm.device; then
       result_pass "$w"
     fi
   done
-  if checks_pass "${what[p]}" p.clevis p.extend p.extended p.unmapped; then
-    # The policy session's PCR digest no longer matches: tpm2_unseal fails, not an earlier step.
-    if [[ $(boot_check_got "$log" p.extended) != fail ]]; then
-      result_fail "${what[p]}" "the guest did not report the failed unlock" "$log" p.extended
-    elif ! tr -d '\r' <"$log" | grep -q '^LFB-LOG p.extended| Unsealing jwk from TPM failed!'; then
-      result_fail "${what[p]}" "clevis's tpm2 pin failed for another reason than the changed PCR" "$log" p.extended
+  checks=(p.clevis p.extend p.extended p.unmapped) w=${what[p]}
+  luksforge_unlocks && { checks+=(p.luksforge p.luksforge.extended p.luksforge.unmapped); w+=" (and by luksforge unlock)"; }
+  if checks_pass "$w" "${checks[@]}"; then
+    # The policy session's PCR digest no longer matches: tpm2_unseal fails, not an earlier step; luksforge's error
+    # says a PCR changed.
+    if ! tr -d '\r' <"$log" | grep -q '^LFB-LOG p.extended| Unsealing jwk from TPM failed!'; then
+      result_fail "$w" "clevis's tpm2 pin failed for another reason than the changed PCR" "$log" p.extended
+    elif luksforge_unlocks && ! tr -d '\r' <"$log" | grep -q '^LFB-LOG p.luksforge.extended| .*PCR'; then
+      result_fail "$w" "luksforge's error does not say that a PCR changed" "$log" p.luksforge.extended
     else
-      result_pass "${what[p]}"
+      result_pass "$w"
     fi
   fi
-  if checks_pass "${what[o]}" o.clevis o.unmapped; then
+  checks=(o.clevis o.unmapped) w=${what[o]}
+  luksforge_unlocks && { checks+=(o.luksforge o.luksforge.unmapped); w+=" (and luksforge's)"; }
+  if checks_pass "$w" "${checks[@]}"; then
     # The guest's TPM refuses to load a key another TPM wrapped (TPM_RC_INTEGRITY) and the pin says so.
-    if [[ $(boot_check_got "$log" o.clevis) != fail ]]; then
-      result_fail "${what[o]}" "the guest did not report the failed unlock" "$log" o.clevis
-    elif ! tr -d '\r' <"$log" | grep -q '^LFB-LOG o.clevis| Loading jwk to TPM2 failed!'; then
-      result_fail "${what[o]}" "clevis's tpm2 pin failed for another reason than the foreign TPM" "$log" o.clevis
+    if ! tr -d '\r' <"$log" | grep -q '^LFB-LOG o.clevis| Loading jwk to TPM2 failed!'; then
+      result_fail "$w" "clevis's tpm2 pin failed for another reason than the foreign TPM" "$log" o.clevis
+    elif luksforge_unlocks && ! tr -d '\r' <"$log" | grep -q '^LFB-LOG o.luksforge| .*tpm2'; then
+      result_fail "$w" "luksforge's error does not come from its tpm2 pin" "$log" o.luksforge
     else
-      result_pass "${what[o]}"
+      result_pass "$w"
     fi
   fi
 fi
