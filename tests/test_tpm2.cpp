@@ -171,6 +171,22 @@ TEST_CASE("stock clevis encrypt tpm2, luksforge decrypts: no PCRs, PCR 7, the ar
         const std::string stock = clevis_encrypt_stock("tpm2", config, kSecret);
         CHECK(ours(clevis_decrypt(stock)) == kSecret);
     }
+    // Blobs that are not a marshalled TPM2B_PUBLIC / TPM2B_PRIVATE: refused before the TPM is used.
+    const std::string good = clevis_encrypt_stock("tpm2", "{}", kSecret);
+    const std::string header = header_of(good);
+    for (const std::string member : {"jwk_pub", "jwk_priv"}) {
+        const std::string value = json_get(header, {"clevis", "tpm2", member});
+        std::string bad_header = header;
+        bad_header.replace(bad_header.find(value), value.size(), "AAAA");
+        const std::string bad = run_ok({"jose", "b64", "enc", "-I-"}, bad_header) + good.substr(good.find('.'));
+        try {
+            (void)clevis_decrypt(bad);
+            FAIL("accepted a bad " << member);
+        } catch (const FormatError& e) {
+            CHECK_MESSAGE(std::string(e.what()).find(member + " is not a marshalled") != std::string::npos, e.what());
+        }
+    }
+
     // Tampered ciphertext: the unsealed key does not authenticate it.
     std::string stock = clevis_encrypt_stock("tpm2", "{}", kSecret);
     const std::size_t tag = stock.rfind('.');

@@ -421,6 +421,9 @@ Tpm2Jwe parse_tpm2_jwe(std::string_view jwe, const json_t* protected_header) {
     }
     if (!out.pcrs.empty())
         out.pcr_bank = tpm2_hash(json_require_string(tpm2, "pcr_bank", "tpm2 JWE header (with pcr_ids)"), "pcr_bank");
+    // The blobs must be what tpm2_create wrote (the TPM checks the rest): refused here, before any TPM is used.
+    (void)unmarshal<TPM2B_PUBLIC>(out.jwk_pub, Tss2_MU_TPM2B_PUBLIC_Unmarshal, "jwk_pub");
+    (void)unmarshal<TPM2B_PRIVATE>(out.jwk_priv, Tss2_MU_TPM2B_PRIVATE_Unmarshal, "jwk_priv");
     return out;
 }
 

@@ -40,7 +40,8 @@ struct Tpm2Config {
 };
 Tpm2Config parse_tpm2_config(const json_t* config);
 
-// The protected header of a tpm2 JWE (clevis-decrypt-tpm2's checks, and the blobs decoded).
+// The protected header of a tpm2 JWE (clevis-decrypt-tpm2's checks, and the blobs decoded and unmarshalled as
+// TPM2B_PUBLIC / TPM2B_PRIVATE): FormatError for anything else, without a TPM.
 struct Tpm2Jwe {
     Tpm2Hash hash;
     std::string key;
