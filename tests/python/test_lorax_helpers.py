@@ -57,6 +57,13 @@ def test_wrong_thumbprint_and_trust_on_first_use_are_refused(tang, tmp_path):
         luksforge.lorax.prepare_runtime(str(tmp_path), policy=str(tofu))
 
 
+def test_a_policy_with_tpm2_is_refused(tang, tmp_path):
+    with_tpm2 = tmp_path / "tpm2.toml"
+    with_tpm2.write_text(f'threshold = 2\n[[tang]]\nurl = "{tang.url}"\nthp = "{tang.thp}"\n[tpm2]\npcr_ids = "7"\n')
+    with pytest.raises(luksforge.lorax.TemplateVarError, match=r"\[tpm2\]"):
+        luksforge.lorax.prepare_runtime(str(tmp_path), policy=str(with_tpm2))
+
+
 def test_a_kickstart_without_encryption_is_refused():
     with pytest.raises(luksforge.lorax.TemplateVarError, match="--encrypted"):
         luksforge.lorax.check_kickstart("part / --size 1024\n")

@@ -196,6 +196,10 @@ def prepare_runtime(root: str, *, policy: str = "", tang: str = "", thp: str = "
         policy_path = Path(policy)
         parsed = _lf.Policy.load(policy_path)
         parsed.require_valid()  # schema, thresholds, thumbprints, offline advertisements: all before any fetch
+        if parsed.tpm2 is not None:
+            # The runtime binds Tang servers only; a [tpm2] share is bound on the installed machine itself.
+            raise TemplateVarError(f"{policy}: the policy has a [tpm2] pin, which the Lorax runtime template does "
+                                   "not bind (bind tpm2 on the installed machine: luksforge bind IMAGE --policy FILE)")
         document = _policy_document(parsed)
         servers = []
         for server in parsed.servers:
