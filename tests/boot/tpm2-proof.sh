@@ -150,6 +150,7 @@ done
 # The host is done with both TPMs: shut them down in order (state saved); the guest's swtpm reopens "$work/tpm".
 boot_swtpm_stop "$tpm_pid" $tpm_port || boot_die "swtpm (host side) did not shut down"
 boot_swtpm_stop "$other_pid" $other_port || boot_die "second swtpm did not shut down"
+pids=("${pids[0]}")  # only the host-side tangd's socat is still ours: no kill of a reused pid at cleanup
 guest_pid=$(boot_swtpm_guest "$work/tpm" "$work/swtpm.sock" "$work/swtpm-guest.log") || boot_die "swtpm (guest side) did not start"
 pids+=("$guest_pid")
 
