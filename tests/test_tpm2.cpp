@@ -136,7 +136,8 @@ TEST_CASE("luksforge encrypts, stock clevis decrypts: the header is clevis-encry
     // The same config through both: the headers must have the same members in the same order with the same
     // values (the blobs differ: fresh keys).
     for (const std::string config : {R"({})", R"({"pcr_ids":"7"})", R"({"pcr_ids":"0, 7","pcr_bank":"sha256"})",
-                                     R"({"key":"rsa","hash":"sha256"})", R"({"hash":"sha1"})"}) {
+                                     R"({"key":"rsa","hash":"sha256"})", R"({"hash":"sha1"})",
+                                     R"({"pcr_ids":"0,1,2,3,4,5,6,23","pcr_bank":"sha256"})"}) {
         CAPTURE(config);
         const std::string jwe = clevis_encrypt("tpm2", config, bytes(kSecret));
         const std::string stock = clevis_encrypt_stock("tpm2", config, kSecret);
@@ -255,6 +256,7 @@ TEST_CASE("bad tpm2 configs: a clear FormatError each, before the TPM is used") 
         {R"({"pcr_ids":"24"})", "not a PCR number from 0 to 23"},
         {R"({"pcr_ids":"7,x"})", "\"x\" is not a PCR number"},
         {R"({"pcr_ids":"7,7"})", "names PCR 7 twice"},
+        {R"({"pcr_ids":"0,1,2,3,4,5,6,7,8"})", "names more than 8 PCRs"},
         {R"({"pcr_ids":7})", "must be a string"},
         {R"({"pcr_ids":"7","pcr_bank":"md5"})", "unsupported pcr_bank \"md5\""},
         {R"({"hash":"sha3"})", "unsupported hash \"sha3\""},
@@ -273,6 +275,26 @@ TEST_CASE("bad tpm2 configs: a clear FormatError each, before the TPM is used") 
             CHECK_MESSAGE(std::string(e.what()).find(expected) != std::string::npos, e.what());
         }
     }
+}
+
+TEST_CASE("a PCR bank the TPM has not allocated: a clear FormatError (Clevis's default sha1 on many TPMs)") {
+    SoftwareTpm tpm;
+    run_ok({"tpm2_pcrallocate", "sha1:none+sha256:all"});
+    tpm.restart();
+    const std::vector<std::string> configs = {
+        R"({"pcr_ids":"7"})", R"({"pcr_ids":"7","pcr_bank":"sha1","pcr_digest":")" + std::string(27, 'A') + R"("})"};
+    for (const std::string& config : configs) {
+        CAPTURE(config);
+        try {
+            (void)clevis_encrypt("tpm2", config, bytes(kSecret));
+            FAIL("sealed to a bank the TPM does not have");
+        } catch (const FormatError& e) {
+            CHECK_MESSAGE(std::string(e.what()).find("no PCR bank sha1 with PCRs 7") != std::string::npos, e.what());
+        }
+        CHECK(stock({"clevis", "encrypt", "tpm2", config}, kSecret).exit_code != 0);  // Clevis refuses it too
+    }
+    CHECK(ours(clevis_decrypt(clevis_encrypt("tpm2", R"({"pcr_ids":"7","pcr_bank":"sha256"})", bytes(kSecret)))) ==
+          kSecret);
 }
 
 TEST_CASE("no TPM: a clear TpmError (no swtpm answering; no device and no TPM2TOOLS_TCTI)") {

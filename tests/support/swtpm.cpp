@@ -51,8 +51,14 @@ SoftwareTpm::SoftwareTpm() {
         if (candidate < 65535 && port_free(candidate + 1)) port_ = candidate;
     }
     if (port_ == 0) throw std::runtime_error("no free loopback port pair for swtpm");
+    std::filesystem::create_directory(dir_ / "state");
+    if (const char* old = std::getenv("TPM2TOOLS_TCTI")) saved_tcti_ = old;
+    ::setenv("TPM2TOOLS_TCTI", tcti().c_str(), 1);
+    start();
+}
+
+void SoftwareTpm::start() {
     const std::string state = (dir_ / "state").string();
-    std::filesystem::create_directory(state);
     const std::string server = "type=tcp,port=" + std::to_string(port_) + ",bindaddr=127.0.0.1";
     const std::string ctrl = "type=tcp,port=" + std::to_string(port_ + 1) + ",bindaddr=127.0.0.1";
     const std::string log = (dir_ / "swtpm.log").string();
@@ -73,9 +79,6 @@ SoftwareTpm::SoftwareTpm() {
         ::_exit(127);
     }
     ::setpgid(pid_, pid_);
-
-    if (const char* old = std::getenv("TPM2TOOLS_TCTI")) saved_tcti_ = old;
-    ::setenv("TPM2TOOLS_TCTI", tcti().c_str(), 1);
     // Ready when a TPM command goes through (swtpm is a missing package or dead: the test fails here, loudly).
     for (int i = 0; i < 250; ++i) {
         if (run({"tpm2_getrandom", "--hex", "4"}).exit_code == 0) return;
@@ -95,6 +98,14 @@ SoftwareTpm::~SoftwareTpm() {
 std::string SoftwareTpm::tcti() const { return "swtpm:host=127.0.0.1,port=" + std::to_string(port_); }
 
 void SoftwareTpm::stop() { stop_process(pid_); }
+
+void SoftwareTpm::restart() {
+    stop();
+    // The old listening sockets may linger a moment after swtpm exits.
+    for (int i = 0; i < 100 && (!port_free(port_) || !port_free(port_ + 1)); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    start();
+}
 
 void SoftwareTpm::extend_pcr(unsigned pcr, const std::string& bank, const std::string& data) {
     const EVP_MD* md = EVP_get_digestbyname(bank.c_str());

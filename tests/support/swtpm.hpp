@@ -31,8 +31,12 @@ public:
     std::string read_pcr(unsigned pcr, const std::string& bank = "sha256");
 
     void stop();  // the TPM goes away (TPM2TOOLS_TCTI still names it): tests of an unreachable TPM
+    // Stop and start again on the same state and ports: a TPM reset (PCRs back to zero; a tpm2_pcrallocate
+    // takes effect).
+    void restart();
 
 private:
+    void start();
     TempDir dir_;
     int port_ = 0;
     pid_t pid_ = -1;

@@ -31,6 +31,7 @@ namespace {
 using namespace tpm2;
 
 constexpr unsigned max_pcr = 23;        // tpm2-tools selects PCRs with a 3-byte bitmap (sizeofSelect = 3)
+constexpr std::size_t max_pcrs = 8;     // tpm2-tools' PCR policies ("Number of PCR is limited to 8")
 constexpr std::size_t content_key_bytes = 32;
 
 // clevis-encrypt-tpm2's object attributes for the sealed JWK ("fixedtpm|fixedparent|noda|adminwithpolicy",
@@ -155,8 +156,10 @@ std::vector<std::uint8_t> read_pcrs(const Esys& esys, const Tpm2Hash& bank, cons
 // tpm2_createpolicy -g HASH --policy-pcr -l BANK:IDS -f VALUES: PolicyPCR in a trial session with the digest of
 // the PCR values (hashed with the session's algorithm, as tpm2-tools does), and the resulting policy digest.
 TPM2B_DIGEST pcr_policy_digest(const Esys& esys, const Tpm2Config& config) {
-    const std::vector<std::uint8_t> values =
-        config.pcr_digest.empty() ? read_pcrs(esys, config.pcr_bank, config.pcrs) : config.pcr_digest;
+    // Read even with a given pcr_digest, as clevis-encrypt-tpm2's validate_pcrs does: a bank this TPM does not
+    // have would make a binding that never unseals.
+    const std::vector<std::uint8_t> current = read_pcrs(esys, config.pcr_bank, config.pcrs);
+    const std::vector<std::uint8_t>& values = config.pcr_digest.empty() ? current : config.pcr_digest;
     TPM2B_DIGEST pcr_digest{};
     unsigned int length = 0;
     const EVP_MD* md = EVP_get_digestbyname(std::string(config.hash.name).c_str());
@@ -359,6 +362,9 @@ Tpm2Pcrs parse_pcr_ids(const json_t* value) {
         if (std::find(pcrs.numbers.begin(), pcrs.numbers.end(), n) != pcrs.numbers.end())
             throw FormatError("tpm2: \"pcr_ids\" names PCR " + item + " twice");
         pcrs.numbers.push_back(n);
+        if (pcrs.numbers.size() > max_pcrs)
+            throw FormatError("tpm2: \"pcr_ids\" \"" + excerpt(joined, 80) + "\" names more than " +
+                              std::to_string(max_pcrs) + " PCRs, which Clevis's tpm2-tools cannot bind or unseal");
         if (comma == std::string::npos) break;
         start = comma + 1;
     }
