@@ -217,7 +217,15 @@ private:
                 // Larger readahead; advice only, so its failure (e.g. a pipe) changes nothing.
                 ::posix_fadvise(in_fd_, static_cast<off_t>(first), static_cast<off_t>(last - first), POSIX_FADV_SEQUENTIAL);
             }
-            for (const Chunk& chunk : chunks_) {
+            for (std::size_t i = 0; i < chunks_.size(); ++i) {
+                const Chunk& chunk = chunks_[i];
+                // Keep the disk busy while this chunk is copied out and transformed: the kernel starts reading
+                // the chunks after it now (asynchronous readahead), so a base that is not in the page cache is
+                // read at the disk's speed, not one synchronous readahead window at a time.
+                for (std::size_t ahead = i + 1; ahead < chunks_.size() && ahead <= i + kPrefetchChunks; ++ahead)
+                    if (ahead == i + kPrefetchChunks || i == 0)
+                        ::posix_fadvise(in_fd_, static_cast<off_t>(in_base_ + chunks_[ahead].offset),
+                                        static_cast<off_t>(chunks_[ahead].bytes), POSIX_FADV_WILLNEED);
                 std::size_t index = 0;
                 {
                     std::unique_lock lock(mutex_);
@@ -304,6 +312,8 @@ private:
         }
         finished();
     }
+
+    static constexpr std::size_t kPrefetchChunks = 2;
 
     const int in_fd_;
     const std::uint64_t in_base_;
