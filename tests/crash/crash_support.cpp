@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <fstream>
 
@@ -88,6 +89,34 @@ bool data_intact(const fs::path& device, const std::string& passphrase, const st
 
 std::string header_json(const fs::path& device) {
     return run_ok({"cryptsetup", "luksDump", "--dump-json-metadata", device.string()});
+}
+
+std::vector<int> clevis_slots(const fs::path& image) {
+    const RunResult list = run({"clevis", "luks", "list", "-d", image.string()});
+    std::vector<int> slots;
+    std::size_t pos = 0;
+    while (pos < list.out.size()) {
+        const std::size_t end = list.out.find('\n', pos);
+        const std::string line = list.out.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+        if (!line.empty() && std::isdigit(static_cast<unsigned char>(line[0]))) slots.push_back(std::stoi(line));
+        if (end == std::string::npos) break;
+        pos = end + 1;
+    }
+    return slots;
+}
+
+std::string clevis_pass(const fs::path& image, int slot) {
+    const RunResult pass = run({"clevis", "luks", "pass", "-d", image.string(), "-s", std::to_string(slot)});
+    return pass.exit_code == 0 ? pass.out : std::string();
+}
+
+std::vector<std::string> working_bindings(const fs::path& image) {
+    std::vector<std::string> out;
+    for (int slot : clevis_slots(image)) {
+        const std::string pass = clevis_pass(image, slot);
+        if (!pass.empty() && stock_opens(image, pass, slot)) out.push_back(pass);
+    }
+    return out;
 }
 
 }  // namespace luksforge::test::crash

@@ -46,4 +46,11 @@ bool data_intact(const std::filesystem::path& device, const std::string& passphr
 // LUKS2 JSON metadata as stock cryptsetup dumps it.
 std::string header_json(const std::filesystem::path& device);
 
+// The Clevis keyslots stock `clevis luks list` shows.
+std::vector<int> clevis_slots(const std::filesystem::path& image);
+// The passphrase stock `clevis luks pass` recovers for `slot` ("" when none).
+std::string clevis_pass(const std::filesystem::path& image, int slot);
+// The passphrases of the Clevis bindings stock clevis lists whose passphrase opens their keyslot.
+std::vector<std::string> working_bindings(const std::filesystem::path& image);
+
 }  // namespace luksforge::test::crash

@@ -45,6 +45,10 @@ struct BindResult {
 };
 
 // Bind with an existing passphrase of the volume (one PBKDF derivation of its slot).
+// Crash-safe (docs/hardening.md, "bind's intent record"): a keyslot-less "luksforge-bind" record naming the new
+// keyslot and holding its JWE is written first and becomes the clevis token in one write. bind, unbind and regen
+// settle records left by a kill: a keyslot the recorded JWE opens (through its server) gets its token; the same
+// bind again then returns that binding. Nothing unproven is destroyed.
 BindResult bind(Volume& volume, std::string_view pin, std::string_view config_json,
                 std::string_view existing_passphrase, const BindOptions& options = {});
 // Bind using the volume key right after Volume::format() (null) or a given volume key: no PBKDF at all.
@@ -71,7 +75,8 @@ Unlocked unlock(const Volume& volume, std::optional<int> keyslot = std::nullopt,
 // between finds no binding for `keyslot`, removes the clevis tokens that name no keyslot (as Clevis prunes
 // them) and succeeds.
 void unbind(Volume& volume, int keyslot, bool force = false);
-// The test-only crash points of unbind and regen (LUKSFORGE_CRASH_AT=<step> kills the process there).
+// The test-only crash points of bind, unbind and regen (LUKSFORGE_CRASH_AT=<step> kills the process there).
+std::vector<std::string> bind_crash_points();
 std::vector<std::string> unbind_crash_points();
 std::vector<std::string> regen_crash_points();
 

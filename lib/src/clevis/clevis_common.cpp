@@ -9,6 +9,7 @@
 
 #include <libcryptsetup.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -39,6 +40,12 @@ std::optional<Token> token_for_keyslot(const Volume& volume, int keyslot) {
     for (auto& token : clevis_tokens(volume))
         if (token_keyslot(token) == keyslot) return token;
     return std::nullopt;
+}
+
+bool keyslot_served(const Volume& volume, int keyslot) {
+    for (const Token& token : volume.tokens())
+        if (std::find(token.keyslots.begin(), token.keyslots.end(), keyslot) != token.keyslots.end()) return true;
+    return false;
 }
 
 namespace {

@@ -19,6 +19,8 @@ SecretBuffer new_slot_passphrase();
 std::optional<int> token_keyslot(const Token& token);
 std::vector<Token> clevis_tokens(const Volume& volume);
 std::optional<Token> token_for_keyslot(const Volume& volume, int keyslot);
+// Some token (of any type) names `keyslot`.
+bool keyslot_served(const Volume& volume, int keyslot);
 
 // Refuse (FormatError) before writing anything when `added_bytes` more of LUKS2 JSON (tokens, keyslots)
 // would not fit the metadata area; `freed_bytes` are released by the same operation (a replaced token).
@@ -39,6 +41,25 @@ void roll_back(Volume& volume, int token, int keyslot) noexcept;
 // Returns their ids.
 std::vector<int> prune_orphaned_tokens(Volume& volume);
 
+// bind's intent record (bind_record.cpp): a "luksforge-bind" token holding the keyslot about to be added and
+// its JWE, written before the keyslot and replaced in place by the clevis token.
+// The digest of a bind request (pin and config): a rerun of the same bind recognises its own record.
+std::string bind_request_digest(std::string_view pin, std::string_view config_json);
+std::string bind_record_json(int keyslot, std::string_view compact_jwe, const std::string& request);
+struct SettledBind {
+    BindResult result;
+    std::string request;
+};
+// Settle every bind record on the volume (see bind_record.cpp): finish what is proven luksforge's own, drop
+// what is not, leave what cannot be decided without the server(s). `current_request` is the bind running now
+// (nullptr for unbind, regen): for it an undecidable record throws TangError (or, without `current_verify`,
+// is finished unproven). Returns the binds finished.
+std::vector<SettledBind> settle_interrupted_binds(Volume& volume, const PinOptions& options,
+                                                  const std::string* current_request = nullptr,
+                                                  bool current_verify = true);
+// The id of the bind record naming `keyslot`, if any.
+std::optional<int> bind_record_for_keyslot(const Volume& volume, int keyslot);
+
 // describe_jwe() keeping every sss child (Clevis's list drops some): the config regen re-binds.
 std::pair<std::string, std::string> describe_jwe_faithful(std::string_view compact_jwe);
 
@@ -53,7 +74,7 @@ std::vector<LuksmetaBinding> luksmeta_bindings(const Volume& volume);
 std::string luks1_refusal(const Volume& volume);
 
 // Test-only: SIGKILL this process when $LUKSFORGE_CRASH_AT names `step` (the crash tests' hook). The steps of
-// unbind and regen are listed by unbind_crash_points()/regen_crash_points().
+// bind, unbind and regen are listed by bind_crash_points(), unbind_crash_points(), regen_crash_points().
 void crash_point(const char* step);
 
 // Prove a binding: `jwe` decrypts through the pin's server(s) to `passphrase`, which opens `keyslot`.

@@ -31,10 +31,22 @@ namespace {
 using detail::JsonPtr;
 using detail::json_take;
 
+int first_free_keyslot(const Volume& volume) {
+    for (int slot = 0; slot < 32; ++slot)
+        if (!volume.keyslot(slot)) return slot;
+    throw FormatError("all 32 keyslots of " + volume.path().string() + " are in use");
+}
+
 template <typename AddKeyslot>
 BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view config_json, const BindOptions& options,
                      AddKeyslot add_keyslot) {
     if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
+    // An earlier bind killed between its keyslot and its token (bind_record.cpp): finished or dropped first;
+    // when it was this very bind, its result is the answer.
+    const std::string request = bind_request_digest(pin, config_json);
+    for (SettledBind& settled : settle_interrupted_binds(volume, options.pin, &request, options.verify))
+        if (settled.request == request && (options.keyslot < 0 || options.keyslot == settled.result.keyslot))
+            return std::move(settled.result);
     if (options.keyslot >= 0 && volume.keyslot(options.keyslot))
         throw FormatError("keyslot " + std::to_string(options.keyslot) + " is already in use");
     if (options.token_id >= 0 && volume.token(options.token_id))
@@ -43,16 +55,22 @@ BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view conf
     SecretBuffer passphrase = new_slot_passphrase();
     // Encrypt first: network and trust failures must leave the header untouched.
     const std::string jwe = clevis_encrypt(pin, config_json, passphrase.bytes(), options.pin);
-    // Size check with a placeholder keyslot number of the widest form ("31").
-    check_metadata_room(volume, token_json(31, jwe).size() + keyslot_json_bytes);
+    const int slot = options.keyslot >= 0 ? options.keyslot : first_free_keyslot(volume);
+    const std::string record = bind_record_json(slot, jwe, request);
+    // The record, then the keyslot beside it, then the token in the record's place: the peak is record + keyslot.
+    check_metadata_room(volume, std::max(record.size(), token_json(slot, jwe).size()) + keyslot_json_bytes);
     const Pbkdf pbkdf = resolved_pbkdf(volume, options.pbkdf);
 
     BindResult result;
-    result.keyslot = add_keyslot(passphrase.view(), pbkdf, options.keyslot);
+    result.token = volume.set_token(record, options.token_id);
+    crash_point("bind-record-written");
     try {
-        result.token = volume.set_token(token_json(result.keyslot, jwe), options.token_id);
+        result.keyslot = add_keyslot(passphrase.view(), pbkdf, slot);
+        crash_point("bind-keyslot-added");
+        volume.set_token(token_json(result.keyslot, jwe), result.token);
+        crash_point("bind-token-written");
     } catch (...) {
-        roll_back(volume, -1, result.keyslot);
+        roll_back(volume, result.token, result.keyslot);  // the keyslot first: a kill in between leaves the record only
         throw;
     }
 
@@ -233,6 +251,10 @@ std::string token_to_compact(std::string_view token_text) {
         if (value) compact.append(json_string_value(value), json_string_length(value));
     }
     return compact;
+}
+
+std::vector<std::string> bind_crash_points() {
+    return {"bind-record-written", "bind-keyslot-added", "bind-token-written"};
 }
 
 BindResult bind(Volume& volume, std::string_view pin, std::string_view config_json,

@@ -76,16 +76,10 @@ int free_keyslot_other_than(const Volume& volume, int keyslot) {
     throw FormatError("regen needs one free keyslot for a moment; all 32 are in use");
 }
 
-bool token_names_keyslot(const Volume& volume, int keyslot) {
-    for (const Token& token : volume.tokens())
-        if (std::find(token.keyslots.begin(), token.keyslots.end(), keyslot) != token.keyslots.end()) return true;
-    return false;
-}
-
 // Destroy the temporary keyslot of an interrupted regen, unless a token serves it (then it is not ours).
 void remove_temp_keyslot(Volume& volume, const RegenRecord& r) {
     if (r.temp_keyslot >= 0 && r.temp_keyslot != r.keyslot && volume.keyslot(r.temp_keyslot) &&
-        !token_names_keyslot(volume, r.temp_keyslot))
+        !keyslot_served(volume, r.temp_keyslot))
         volume.remove_keyslot(r.temp_keyslot);
 }
 
@@ -227,6 +221,8 @@ std::vector<std::string> regen_crash_points() {
 
 RegenResult regen(Volume& volume, int keyslot, const RegenOptions& options) {
     if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
+    // An interrupted bind first (bind_record.cpp): its keyslot must not stay without its token.
+    settle_interrupted_binds(volume, options.bind.pin);
     bool resumed_other = false;
     for (const RegenRecord& record : regen_records(volume)) {
         std::optional<RegenResult> finished = resume(volume, record, options);
