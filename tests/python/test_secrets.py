@@ -104,3 +104,70 @@ def test_bad_base64url_is_a_format_error():
     with pytest.raises(luksforge.FormatError) as info:
         luksforge.base64url_decode("***")
     assert info.value.errno == 22
+
+
+# The import disables core dumps as the CLI does (docs/hardening.md): checked in a fresh interpreter that starts
+# with core dumps allowed, then made to abort while holding a Secret.
+_CORE_PROBE = r"""
+import ctypes, os, resource, sys
+libc = ctypes.CDLL(None, use_errno=True)
+PR_GET_DUMPABLE = 3
+before = (resource.getrlimit(resource.RLIMIT_CORE)[0], libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+import luksforge
+secret = luksforge.Secret(b"core-dump-probe-secret")
+after = (resource.getrlimit(resource.RLIMIT_CORE)[0], libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0))
+print(before[0], before[1], after[0], after[1], resource.getrlimit(resource.RLIMIT_CORE)[1])
+sys.stdout.flush()
+if sys.argv[1] == "abort":
+    os.abort()
+"""
+
+
+def _core_probe(tmp_path, action, allow):
+    import resource
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    env.pop("LUKSFORGE_ALLOW_CORE_DUMPS", None)
+    if allow:
+        env["LUKSFORGE_ALLOW_CORE_DUMPS"] = "1"
+
+    def allow_cores():
+        hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
+
+    result = subprocess.run([sys.executable, "-c", _CORE_PROBE, action], cwd=str(tmp_path), env=env,
+                            preexec_fn=allow_cores, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return result, [int(x) for x in result.stdout.split()]
+
+
+def _cores_land_in_cwd():
+    with open("/proc/sys/kernel/core_pattern") as f:
+        return f.read().strip() in ("core", "core.%p")
+
+
+def test_import_disables_core_dumps_as_the_cli_does(tmp_path):
+    result, (soft_before, dumpable_before, soft_after, dumpable_after, hard_after) = _core_probe(tmp_path, "print", False)
+    assert result.returncode == 0, result.stderr
+    assert soft_before != 0 and dumpable_before == 1  # the probe really started with core dumps on
+    assert soft_after == 0 and dumpable_after == 0
+    assert hard_after == soft_before  # the hard limit is kept: the program may raise it for its children
+
+
+def test_an_aborting_program_holding_a_secret_leaves_no_core(tmp_path):
+    result, values = _core_probe(tmp_path, "abort", False)
+    assert result.returncode == -6 and values[2:4] == [0, 0]
+    assert not [p for p in os.listdir(str(tmp_path)) if p.startswith("core")]
+    if _cores_land_in_cwd():
+        # Control: with the opt-out the same abort does dump (so the check above can fail).
+        (tmp_path / "control").mkdir()
+        control, control_values = _core_probe(tmp_path / "control", "abort", True)
+        assert control.returncode == -6 and control_values[2:4] == control_values[0:2]
+        assert [p for p in os.listdir(str(tmp_path / "control")) if p.startswith("core")]
+
+
+def test_the_opt_out_keeps_core_dumps_as_they_were(tmp_path):
+    result, (soft_before, dumpable_before, soft_after, dumpable_after, _) = _core_probe(tmp_path, "print", True)
+    assert result.returncode == 0, result.stderr
+    assert (soft_after, dumpable_after) == (soft_before, dumpable_before) == (soft_before, 1)
