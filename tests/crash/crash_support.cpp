@@ -38,6 +38,9 @@ KnownImage copy_image(const KnownImage& from, const fs::path& to) {
 
 RunResult run_hooked(const std::vector<std::string>& cli_args, const std::map<std::string, std::string>& env) {
     std::vector<std::string> argv{"env", std::string("LD_PRELOAD=") + LUKSFORGE_KILL_HOOK};
+    // In the sanitizer build the hook is preloaded ahead of the ASan runtime, which ASan refuses by default.
+    const char* asan = std::getenv("ASAN_OPTIONS");
+    argv.push_back(std::string("ASAN_OPTIONS=") + (asan ? std::string(asan) + ":" : "") + "verify_asan_link_order=0");
     for (const auto& [key, value] : env) argv.push_back(key + "=" + value);
     argv.emplace_back(LUKSFORGE_CLI);
     argv.insert(argv.end(), cli_args.begin(), cli_args.end());

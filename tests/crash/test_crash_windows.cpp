@@ -238,7 +238,7 @@ TEST_CASE("G: two rekeys of two copies of one image (same LUKS UUID) at the same
     // second one starts.
     const std::size_t stall = event_index(events, "crypt_reencrypt_run") + 2;
     const std::string script =
-        std::string("env LD_PRELOAD='") + LUKSFORGE_KILL_HOOK + "' LUKSFORGE_HOOK_STALL=" + std::to_string(stall) +
+        std::string("env ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" LD_PRELOAD='") + LUKSFORGE_KILL_HOOK + "' LUKSFORGE_HOOK_STALL=" + std::to_string(stall) +
         " LUKSFORGE_HOOK_STALL_MS=3000 '" + LUKSFORGE_CLI + "' rekey '" + first.image.string() +
         "' --passphrase-file '" + first.passphrase_file.string() + "' >/dev/null 2>&1 & pid=$!; sleep 1; '" +
         LUKSFORGE_CLI + "' rekey '" + second.image.string() + "' --passphrase-file '" +

@@ -105,7 +105,7 @@ RunResult checked(const Secrets& secrets, const std::vector<std::string>& args, 
 // starts it: only luksforge itself turns them off.
 std::string proc_views_while_running(const fs::path& dir, const std::vector<std::string>& args, std::size_t stall) {
     REQUIRE(stall > 0);
-    std::string command = std::string("ulimit -c unlimited; env LD_PRELOAD='") + LUKSFORGE_KILL_HOOK +
+    std::string command = std::string("ulimit -c unlimited; env ASAN_OPTIONS=\"$ASAN_OPTIONS:verify_asan_link_order=0\" LD_PRELOAD='") + LUKSFORGE_KILL_HOOK +
                           "' LUKSFORGE_HOOK_STALL=" + std::to_string(stall) + " LUKSFORGE_HOOK_STALL_MS=2500 '" +
                           LUKSFORGE_CLI + "'";
     for (const std::string& a : args) command += " '" + a + "'";
