@@ -5,6 +5,7 @@
 #include "pins/pins.hpp"
 #include "util/jose_util.hpp"
 #include "util/json_util.hpp"
+#include "util/unique_fd.hpp"
 
 #include <luksforge/error.hpp>
 #include <luksforge/tang.hpp>
@@ -25,13 +26,6 @@ namespace {
 constexpr std::size_t chunk_bytes = 4 << 20;
 // A JWK is at most a few KiB (RSA-4096 with CRT members ~3.3 KiB): chunks overlap by this much so none is cut.
 constexpr std::size_t max_jwk_bytes = 16 << 10;
-
-struct Fd {
-    int fd = -1;
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 // A JSON object starting at `text` that is a JWK with a private "d" member; its bytes parsed, trailing ignored.
 std::optional<PrivateJwk> private_jwk_at(const char* text, std::size_t size) {
@@ -81,7 +75,7 @@ void scan_buffer(const char* buffer, std::size_t size, std::size_t limit, std::u
 }  // namespace
 
 std::vector<PrivateJwk> scan_private_jwks(const std::filesystem::path& file, std::uint64_t offset, std::uint64_t size) {
-    Fd fd{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
+    UniqueFd fd{::open(file.c_str(), O_RDONLY | O_CLOEXEC)};
     if (fd.fd < 0) throw Error(errno, "cannot open " + file.string());
     struct stat st {};
     if (::fstat(fd.fd, &st) != 0) throw Error(errno, "cannot stat " + file.string());

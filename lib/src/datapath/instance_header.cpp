@@ -5,6 +5,7 @@
 #include <luksforge/error.hpp>
 
 #include "util/cryptsetup_util.hpp"
+#include "util/unique_fd.hpp"
 
 #include <libcryptsetup.h>
 
@@ -21,16 +22,6 @@ namespace luksforge::datapath {
 
 namespace {
 
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) noexcept : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() noexcept {
-        if (fd >= 0) ::close(fd);
-    }
-};
-
 struct CryptFree {
     void operator()(crypt_device* cd) const noexcept { crypt_free(cd); }
 };
@@ -42,7 +33,7 @@ void format_instance_header(const std::filesystem::path& path, std::uint64_t vol
     if (layout.data_offset % 4096 != 0)
         throw FormatError("the data offset " + std::to_string(layout.data_offset) + " is not a multiple of 4096");
     {
-        Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+        detail::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
         if (fd.fd < 0) throw Error(errno, "cannot create " + path.string() + ": " + std::strerror(errno));
         ::fchmod(fd.fd, 0600);
         if (::ftruncate(fd.fd, static_cast<off_t>(volume_bytes)) != 0)
@@ -81,7 +72,7 @@ void format_instance_header(const std::filesystem::path& path, std::uint64_t vol
 
 void write_instance_header(const std::filesystem::path& header_file, int out_fd, std::uint64_t volume_offset,
                            std::uint64_t data_offset) {
-    Fd in(::open(header_file.c_str(), O_RDONLY | O_CLOEXEC));
+    detail::UniqueFd in(::open(header_file.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.fd < 0) throw Error(errno, "cannot open " + header_file.string() + ": " + std::strerror(errno));
     constexpr std::size_t block = 64 << 10;
     std::vector<std::uint8_t> buffer(block);

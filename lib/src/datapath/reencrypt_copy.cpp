@@ -1,6 +1,7 @@
 #include "datapath/reencrypt_copy.hpp"
 
 #include "datapath/xts_cipher.hpp"
+#include "util/unique_fd.hpp"
 
 #include <luksforge/error.hpp>
 
@@ -22,16 +23,6 @@
 namespace luksforge::datapath {
 
 namespace {
-
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) noexcept : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() noexcept {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 std::uint64_t size_of(int fd, const std::filesystem::path& path) {
     struct stat st {};
@@ -128,7 +119,7 @@ std::uint64_t copy_plain_range(int in, const Writers& writers, std::uint64_t beg
 }  // namespace
 
 std::uint64_t source_bytes(const std::filesystem::path& source) {
-    Fd in(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
+    detail::UniqueFd in(::open(source.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.fd < 0) throw Error(errno, "cannot open " + source.string() + ": " + std::strerror(errno));
     return size_of(in.fd, source);
 }
@@ -140,7 +131,7 @@ OnePassStats reencrypt_copy(const OnePassCopy& copy, int out_fd) {
 OnePassStats reencrypt_copies(const OnePassCopy& copy, const std::vector<OnePassOutput>& outputs) {
     const auto started = std::chrono::steady_clock::now();
     if (copy.old_key == nullptr || outputs.empty()) throw FormatError("one-pass copy without keys or outputs");
-    Fd in(::open(copy.source.c_str(), O_RDONLY | O_CLOEXEC));
+    detail::UniqueFd in(::open(copy.source.c_str(), O_RDONLY | O_CLOEXEC));
     if (in.fd < 0) throw Error(errno, "cannot open " + copy.source.string() + ": " + std::strerror(errno));
     const std::uint64_t total = size_of(in.fd, copy.source);
     const std::uint64_t volume_end = copy.volume_bytes != 0 ? copy.volume_offset + copy.volume_bytes : total;

@@ -32,7 +32,7 @@ std::uint64_t device_size_bytes(const std::filesystem::path& device) {
     struct stat st {};
     stat_or_throw(device, st);
     if (S_ISREG(st.st_mode)) return static_cast<std::uint64_t>(st.st_size);
-    FileDescriptor fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.fd < 0) throw_errno(errno, "cannot open " + device.string());
     std::uint64_t bytes = 0;
     if (::ioctl(fd.fd, BLKGETSIZE64, &bytes) != 0) throw_errno(errno, "cannot get size of " + device.string());
@@ -43,7 +43,7 @@ std::uint32_t logical_block_size(const std::filesystem::path& device) {
     struct stat st {};
     stat_or_throw(device, st);
     if (!S_ISBLK(st.st_mode)) return 512;
-    FileDescriptor fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.fd < 0) throw_errno(errno, "cannot open " + device.string());
     int size = 512;
     if (::ioctl(fd.fd, BLKSSZGET, &size) != 0) return 512;
@@ -51,7 +51,7 @@ std::uint32_t logical_block_size(const std::filesystem::path& device) {
 }
 
 std::string read_bytes(const std::filesystem::path& device, std::uint64_t offset, std::size_t length) {
-    FileDescriptor fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd fd(::open(device.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.fd < 0) throw_errno(errno, "cannot open " + device.string());
     std::string data(length, '\0');
     std::size_t done = 0;

@@ -3,6 +3,7 @@
 #include <luksforge/error.hpp>
 
 #include "util/json_util.hpp"
+#include "util/unique_fd.hpp"
 
 #include <openssl/evp.h>
 
@@ -30,16 +31,6 @@ constexpr std::size_t kSeqidAt = 16, kChecksumAlgAt = 72, kChecksumAlgBytes = 32
 constexpr std::size_t kChecksumAt = 448, kChecksumBytes = 64;
 constexpr char kPrimaryMagic[] = {'L', 'U', 'K', 'S', '\xba', '\xbe'};
 constexpr char kSecondaryMagic[] = {'S', 'K', 'U', 'L', '\xba', '\xbe'};
-
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) noexcept : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() noexcept {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 [[noreturn]] void fail_errno(const std::string& what) { throw Error(errno, what + ": " + std::strerror(errno)); }
 
@@ -182,7 +173,7 @@ bool reencryption_data_complete(const json_t* header) {
 
 void finish_reencryption_teardown(const std::filesystem::path& device) {
     const std::string what = device.string();
-    Fd fd(::open(device.c_str(), O_RDWR | O_CLOEXEC));
+    UniqueFd fd(::open(device.c_str(), O_RDWR | O_CLOEXEC));
     if (fd.fd < 0) fail_errno("cannot open " + what);
 
     // The newest intact copy (libcryptsetup's own choice).

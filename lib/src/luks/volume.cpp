@@ -14,7 +14,7 @@ namespace luksforge {
 using detail::check_crypt;
 using detail::cryptsetup_guard;
 using detail::device_size_bytes;
-using detail::FileDescriptor;
+using detail::UniqueFd;
 using detail::has_luks_magic;
 using detail::logical_block_size;
 using detail::set_pbkdf;
@@ -94,7 +94,7 @@ void Volume::ensure_file_size(const std::filesystem::path& file, std::uint64_t b
             throw FormatError(file.string() + " is a block device smaller than the requested size");
         return;
     }
-    FileDescriptor fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+    UniqueFd fd(::open(file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
     if (fd.fd < 0) throw_errno(errno, "cannot create " + file.string());
     if (::fstat(fd.fd, &st) != 0) throw_errno(errno, "cannot stat " + file.string());
     if (!S_ISREG(st.st_mode)) throw FormatError(file.string() + " is not a regular file");

@@ -8,6 +8,7 @@
 
 #include "util/cryptsetup_util.hpp"
 #include "util/json_util.hpp"
+#include "util/unique_fd.hpp"
 
 #include <libcryptsetup.h>
 
@@ -41,17 +42,6 @@ using CryptDevicePtr = std::unique_ptr<crypt_device, CryptDeviceDeleter>;
 
 // Throw the luksforge exception for an errno value: NotFoundError, BusyError or Error.
 [[noreturn]] void throw_errno(int code, const std::string& what);
-
-// Closes the descriptor it owns.
-struct FileDescriptor {
-    int fd = -1;
-    explicit FileDescriptor(int f) noexcept : fd(f) {}
-    FileDescriptor(const FileDescriptor&) = delete;
-    FileDescriptor& operator=(const FileDescriptor&) = delete;
-    ~FileDescriptor() noexcept {
-        if (fd >= 0) ::close(fd);
-    }
-};
 
 // stat() a volume's device; NotFoundError when missing, FormatError unless a regular file or block device.
 void stat_or_throw(const std::filesystem::path& device, struct stat& st);

@@ -1,6 +1,7 @@
 #include "pipeline/one_pass_instance.hpp"
 
 #include "datapath/instance_header.hpp"
+#include "util/unique_fd.hpp"
 
 #include <luksforge/clevis.hpp>
 #include <luksforge/error.hpp>
@@ -31,16 +32,6 @@ public:
 
 private:
     std::filesystem::path path_;
-};
-
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f) noexcept : fd(f) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() noexcept {
-        if (fd >= 0) ::close(fd);
-    }
 };
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -98,10 +89,10 @@ OnePassImage finish_one_pass_image(const OnePassSource& source, const OnePassBin
 }
 
 // New files for the images: instances carry key material, never readable by others, not even for a moment.
-std::vector<std::unique_ptr<Fd>> create_images(const std::vector<std::filesystem::path>& destinations) {
-    std::vector<std::unique_ptr<Fd>> files;
+std::vector<std::unique_ptr<UniqueFd>> create_images(const std::vector<std::filesystem::path>& destinations) {
+    std::vector<std::unique_ptr<UniqueFd>> files;
     for (const std::filesystem::path& destination : destinations) {
-        auto fd = std::make_unique<Fd>(::open(destination.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+        auto fd = std::make_unique<UniqueFd>(::open(destination.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
         if (fd->fd < 0) throw Error(errno, "cannot create " + destination.string() + ": " + std::strerror(errno));
         ::fchmod(fd->fd, 0600);  // whatever the umask
         files.push_back(std::move(fd));
@@ -128,7 +119,7 @@ OnePassImage write_one_pass_image(const OnePassSource& source, const OnePassBind
                                   const std::function<void(const char*)>& crash_point,
                                   const std::function<void(std::uint64_t, std::uint64_t)>& progress) {
     const SecretBuffer new_key = random_secret(source.layout.cipher.key_bytes);
-    std::vector<std::unique_ptr<Fd>> files = create_images({destination});
+    std::vector<std::unique_ptr<UniqueFd>> files = create_images({destination});
     // 1. Everything but the header: the data area re-encrypted, the rest of the image as it is.
     datapath::OnePassCopy copy = copy_spec(source, keep_holes);
     copy.new_key = &new_key;
@@ -149,7 +140,7 @@ void write_one_pass_images(const OnePassSource& source, const OnePassBinding& bi
     if (scratch_headers.size() != destinations.size()) throw FormatError("one scratch header per image");
     std::vector<SecretBuffer> keys;
     for (std::size_t i = 0; i < destinations.size(); ++i) keys.push_back(random_secret(source.layout.cipher.key_bytes));
-    std::vector<std::unique_ptr<Fd>> files = create_images(destinations);
+    std::vector<std::unique_ptr<UniqueFd>> files = create_images(destinations);
     std::vector<datapath::OnePassOutput> outputs;
     for (std::size_t i = 0; i < destinations.size(); ++i) outputs.push_back({files[i]->fd, &keys[i]});
     const datapath::OnePassStats stats = datapath::reencrypt_copies(copy_spec(source, keep_holes), outputs);
