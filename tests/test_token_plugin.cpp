@@ -7,6 +7,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "swtpm.hpp"
 #include "tang_server.hpp"
 #include "testutil.hpp"
 
@@ -297,6 +298,28 @@ TEST_CASE("the handler opens a luksforge sss binding with one of three Tang serv
     const RunResult r = open_by_token(handler, image);
     CHECK(r.exit_code != 0);
     CHECK(r.err.find("Token 0 (clevis): Tang unavailable") != std::string::npos);
+}
+
+// The handler goes into every initramfs that unlocks through it: it must not need tpm2-tss (nor its TCTI
+// modules) to reach Tang. A tpm2 share is left to Clevis; an sss binding still opens through its Tang share.
+TEST_CASE("the handler needs no tpm2-tss; sss over tang and tpm2 opens through the Tang share, tpm2 alone is passed on") {
+    const RunResult needed = run({"readelf", "-d", LUKSFORGE_TOKEN_PLUGIN});
+    REQUIRE(needed.exit_code == 0);
+    CHECK(needed.out.find("(NEEDED)") != std::string::npos);
+    CHECK_MESSAGE(needed.out.find("libtss2") == std::string::npos, needed.out);
+
+    HandlerDir handler;
+    SoftwareTpm tpm;
+    TangServer tang;
+    Image image;
+    const int sss_slot = luksforge_bind(image, "sss", R"({"t":1,"pins":{"tpm2":{},"tang":[)" + pinned(tang) + "]}}");
+    check_opens_through_handler(handler, image, sss_slot);
+
+    Image tpm2_only;
+    luksforge_bind(tpm2_only, "tpm2", "{}");
+    const RunResult r = open_by_token(handler, tpm2_only);
+    CHECK(r.exit_code != 0);
+    CHECK_MESSAGE(r.out.find("Token 0 (clevis): pin not supported by this handler") != std::string::npos, r.out);
 }
 
 TEST_CASE("stock clevis binds (tang, nested sss) with the handler installed, and the handler opens them") {
