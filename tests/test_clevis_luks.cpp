@@ -3,6 +3,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "luks_image.hpp"
 #include "tang_server.hpp"
 #include "testutil.hpp"
 
@@ -25,19 +26,8 @@ namespace {
 constexpr std::uint64_t kMiB = 1ull << 20;
 const std::string kPass = "build passphrase for the tests";
 
-struct Image {
-    TempDir dir;
-    std::filesystem::path path = dir / "disk.img";
-    std::filesystem::path pass_file = dir / "pass";
-    Image() {
-        make_sparse_file(path, 32 * kMiB);
-        FormatOptions options;
-        options.pbkdf = Pbkdf::pbkdf2_fast();
-        Volume volume = Volume::format(path, options);
-        REQUIRE(volume.add_keyslot_by_volume_key(kPass) == 0);
-        write_file(pass_file, kPass);
-    }
-    std::string header() const { return read_file_bytes(path, 0, 16 * kMiB); }
+struct Image : PassphraseImage {
+    Image() : PassphraseImage(kPass) {}
     // The header's content as luksDump shows it, without the epoch (a rolled-back write bumps it).
     std::string dump() const {
         std::string out = run_ok({"cryptsetup", "luksDump", path.string()});

@@ -7,6 +7,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "luks_image.hpp"
 #include "swtpm.hpp"
 #include "tang_server.hpp"
 #include "testutil.hpp"
@@ -54,19 +55,8 @@ struct HandlerDir {
     }
 };
 
-struct Image {
-    TempDir dir;
-    std::filesystem::path path = dir / "disk.img";
-    std::filesystem::path pass_file = dir / "pass";
-    Image() {
-        make_sparse_file(path, 32 * kMiB);
-        FormatOptions options;
-        options.pbkdf = Pbkdf::pbkdf2_fast();
-        Volume volume = Volume::format(path, options);
-        REQUIRE(volume.add_keyslot_by_volume_key(kPass) == 0);
-        write_file(pass_file, kPass);
-    }
-    std::string str() const { return path.string(); }
+struct Image : PassphraseImage {
+    Image() : PassphraseImage(kPass) {}
 };
 
 std::string pinned(const TangServer& tang) {

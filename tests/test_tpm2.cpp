@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include "luks_image.hpp"
 #include "swtpm.hpp"
 #include "tang_server.hpp"
 #include "testutil.hpp"
@@ -95,19 +96,8 @@ RunResult clevis_decrypt_stock(const std::string& jwe) { return stock({"clevis",
 
 std::string ours(const SecretBuffer& secret) { return std::string(secret.view()); }
 
-struct Image {
-    TempDir dir;
-    std::filesystem::path path = dir / "disk.img";
-    std::filesystem::path pass_file = dir / "pass";
-    Image() {
-        make_sparse_file(path, 32 * kMiB);
-        FormatOptions options;
-        options.pbkdf = Pbkdf::pbkdf2_fast();
-        Volume volume = Volume::format(path, options);
-        REQUIRE(volume.add_keyslot_by_volume_key(kPass) == 0);
-        write_file(pass_file, kPass);
-    }
-    std::string header() const { return read_file_bytes(path, 0, 16 * kMiB); }
+struct Image : PassphraseImage {
+    Image() : PassphraseImage(kPass) {}
 };
 
 int cli_bind(const Image& image, const std::string& pin, const std::string& config) {
