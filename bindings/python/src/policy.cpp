@@ -56,6 +56,7 @@ advertisements, threshold, cipher and PBKDF requirements, LUKS2 metadata size, i
         .def_readonly("threshold", &Policy::threshold)
         .def_readonly("trust_on_first_use", &Policy::trust_on_first_use)
         .def_readonly("max_instances_per_key", &Policy::max_instances_per_key)
+        .def_readonly("ledger", &Policy::ledger, "The policy's `ledger` (a file path or a postgresql:// URL); '' when unset.")
         .def_readonly("cipher", &Policy::cipher)
         .def_readonly("key_bits", &Policy::key_bits)
         .def_readonly("metadata_bytes", &Policy::metadata_bytes)
