@@ -17,6 +17,7 @@ Run `qemu-img convert` afterwards if another format than raw is wanted.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,7 +53,10 @@ def main(argv=None) -> int:
                         help="file holding the kickstart's build passphrase (default: recover it via Clevis)")
     parser.add_argument("--partition", type=int, help="LUKS2 partition number when the image has several")
     parser.add_argument("--report", type=Path, help="seal report (default: IMAGE.seal.json)")
-    parser.add_argument("--ledger", type=Path, help="key ledger database (default: none)")
+    # A string, not a Path: pathlib would fold postgresql://host/db into postgresql:/host/db, a local file.
+    parser.add_argument("--ledger",
+                        help="key ledger: a database file or a postgresql:// URL (default: the policy's ledger, "
+                             "else $LUKSFORGE_LEDGER, else none)")
     parser.add_argument("--count", type=int, default=0, help="stamp this many unique instances")
     parser.add_argument("--out", type=Path, help="directory for the instances (with --count)")
     parser.add_argument("--timeout-ms", type=int, default=10000, help="per-request Tang timeout")
@@ -67,6 +71,9 @@ def main(argv=None) -> int:
 
     network = luksforge.NetworkOptions(total_timeout_ms=args.timeout_ms)
     try:
+        # Where `luksforge seal`/`stamp` would record with this policy, so every builder of a farm counts in the
+        # one database its policy names.
+        ledger = args.ledger or luksforge.Policy.load(args.policy).ledger or os.environ.get("LUKSFORGE_LEDGER") or None
         if args.build_passphrase_file:
             passphrase = luksforge.read_secret_file(args.build_passphrase_file)
         else:
@@ -82,7 +89,7 @@ def main(argv=None) -> int:
                 last[0] = percent
 
             report = luksforge.seal(args.image, passphrase, policy=args.policy, partition=args.partition,
-                                    ledger=args.ledger, network=network, on_step=lambda s: say(f"seal: {s}"),
+                                    ledger=ledger, network=network, on_step=lambda s: say(f"seal: {s}"),
                                     progress=progress)
         report_path = args.report or args.image.with_name(args.image.name + ".seal.json")
         report_path.write_text(report.to_json() + "\n")
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
             f" (report: {report_path})")
         if args.count:
             stamped = luksforge.stamp(args.image, args.count, args.out, policy=args.policy,
-                                      partition=args.partition, ledger=args.ledger, network=network,
+                                      partition=args.partition, ledger=ledger, network=network,
                                       on_instance=lambda path, i, n: say(f"stamping {i + 1}/{n}: {path}"))
             for instance in stamped.instances:
                 print(instance.image)

@@ -1,7 +1,8 @@
 """Shared fixtures for the luksforge pytest suites: small image files, a real Tang server and a software TPM
-(swtpm) on loopback, and helpers to run stock tools (cryptsetup, clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which
-puts the build-tree luksforge package on PYTHONPATH. Keeps to Python 3.6: the same files also run under
-compat_runner.py on RHEL's Pythons (3.6, 3.9, 3.12)."""
+(swtpm) on loopback, a real PostgreSQL server on a unix socket, and helpers to run stock tools (cryptsetup,
+clevis, jose). Run through ctest (tests/python/CMakeLists.txt), which puts the build-tree luksforge package on
+PYTHONPATH. Keeps to Python 3.6: the same files also run under compat_runner.py on RHEL's Pythons (3.6, 3.9,
+3.12)."""
 
 import json
 import os
@@ -117,6 +118,46 @@ def tang(tmp_path_factory):
 def fresh_tang(tmp_path):
     """A Tang server of one test's own (for tests that stop or rotate it)."""
     server = start_tang(tmp_path / "tangdb")
+    yield server
+    server.stop()
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster owned by `nobody` (initdb/pg_ctl refuse root), listening only on a unix
+    socket in a 0755 directory under /tmp (pytest's own temporary directories are 0700: nobody could not reach
+    them). `url` is a ledger URL for it, without a password (trust authentication)."""
+
+    def __init__(self) -> None:
+        import glob
+        import tempfile
+
+        def program(name):
+            found = shutil.which(name) or (sorted(glob.glob("/usr/lib/postgresql/*/bin/" + name)) or [None])[-1]
+            assert found, f"PostgreSQL's {name} is not installed (tools/deps.sh installs postgresql)"
+            return found
+
+        self._pg_ctl = program("pg_ctl")
+        self.top = Path(tempfile.mkdtemp(prefix="luksforge-pg-"))
+        self.top.chmod(0o755)
+        self.data, self.socket = self.top / "data", self.top / "socket"
+        self.data.mkdir()
+        self.socket.mkdir()
+        run("chown", "nobody", self.data, self.socket)
+        run("runuser", "-u", "nobody", "--", program("initdb"), "-D", self.data, "-A", "trust", "-U", "luksforge",
+            "--no-sync", "-E", "UTF8")
+        run("runuser", "-u", "nobody", "--", self._pg_ctl, "-D", self.data, "-l", self.socket / "log", "-w", "-o",
+            f"-k {self.socket} -c listen_addresses= -c fsync=off", "start")
+        self.url = f"postgresql:///postgres?host={self.socket}&user=luksforge"
+
+    def stop(self) -> None:
+        run("runuser", "-u", "nobody", "--", self._pg_ctl, "-D", self.data, "-m", "immediate", "-w", "stop",
+            check=False)
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    server = PostgresServer()
     yield server
     server.stop()
 

@@ -255,3 +255,33 @@ def test_too_big_for_16k_is_refused_before_anything_is_written(tmp_path):
     finally:
         for s in servers:
             s.stop()
+
+
+# --- a build farm's one PostgreSQL ledger --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("named_by", ["--ledger", "policy", "environment"])
+def test_seal_and_stamp_record_in_the_farms_postgresql_ledger(named_by, tmp_path, tangs, postgres):
+    """Every builder of a farm records in the one database: a postgresql:// URL given as --ledger, as the
+    policy's `ledger` or as $LUKSFORGE_LEDGER reaches the server intact (a pathlib.Path would fold its `//`
+    into a local file name), as `luksforge seal`/`stamp` would use it."""
+    policy = write_policy(tmp_path / "policy.toml", tangs)
+    disk, _ = kickstart_built_disk(tmp_path, tangs, policy)
+    env = dict(os.environ)
+    env.pop("LUKSFORGE_LEDGER", None)
+    args = [disk, "--policy", policy, "--count", 2, "--out", tmp_path / "out"]
+    if named_by == "--ledger":
+        args += ["--ledger", postgres.url]
+    elif named_by == "policy":
+        policy.write_text(f'ledger = "{postgres.url}"\n' + policy.read_text())  # top-level key: before [[tang]]
+    else:
+        env["LUKSFORGE_LEDGER"] = postgres.url
+    result = subprocess.run([sys.executable, SCRIPT, *map(str, args)], env=env, cwd=str(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    assert result.returncode == 0, result.stderr
+    with luksforge.Ledger(postgres.url) as ledger:
+        records = [r for r in ledger.records() if r.image.startswith(str(tmp_path) + "/")]
+    assert sorted(r.event for r in records) == ["sealed", "stamped", "stamped"], records
+    assert all(r.state == "committed" for r in records)
+    fingerprints = {v.fingerprint for v in luksforge.audit([disk, tmp_path / "out"]).volumes}
+    assert {r.fingerprint for r in records} == fingerprints and len(fingerprints) == 3
+    assert not list(tmp_path.glob("postgres*")), "the URL became a local ledger file"
