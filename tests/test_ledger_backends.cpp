@@ -1,7 +1,7 @@
 // The ledger's two backends under the same suite: SQLite (a file) and PostgreSQL (a real server this test
 // starts with initdb/pg_ctl as an unprivileged user on a unix socket in a temporary directory, and stops).
 // Exact limits with 8 concurrent `luksforge clone` processes, leases that expire after a builder is killed,
-// a database that goes away mid-clone, schema versions and migration, no password in a URL.
+// a database that goes away mid-clone, the policy's `ledger`, schema versions and migration, no password in a URL.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -241,6 +241,28 @@ void run_clone_suite(const Backend& backend, PostgresServer* server) {
         CHECK(later.exit_code == 0);
         CHECK(fs::exists(dir / "late.img"));
         CHECK(!fs::exists(dir / "killed.img"));
+    }
+
+    SUBCASE("the policy's ledger names the database when --ledger is not given; --ledger overrides it") {
+        const fs::path policy = dir / "farm.toml";
+        std::ofstream(policy) << "ledger = \"" << backend.location << "\"\nmax_instances_per_key = 2\n";
+        const std::vector<std::string> no_env = {"env", "-u", "LUKSFORGE_LEDGER", LUKSFORGE_CLI, "clone", base.string()};
+        auto clone = [&](const std::string& name, std::vector<std::string> extra) {
+            std::vector<std::string> args = no_env;
+            args.push_back((dir / name).string());
+            args.insert(args.end(), {"--policy", policy.string()});
+            args.insert(args.end(), extra.begin(), extra.end());
+            return luksforge::test::run(args);
+        };
+        CHECK(clone("p1.img", {}).exit_code == 0);
+        auto refused = clone("p2.img", {});
+        CHECK(refused.exit_code == 8);
+        CHECK(refused.err.find(backend.location) != std::string::npos);
+        Ledger ledger = Ledger::open(backend.location);
+        CHECK(ledger.count_instances(ledger.records().back().fingerprint) == 2);
+        // Another database given on the command line: its own count (base + this clone).
+        CHECK(clone("p3.img", {"--ledger", (dir / "other.db").string()}).exit_code == 0);
+        CHECK(Ledger::open(dir / "other.db").records().size() == 2);
     }
 
     if (server != nullptr) {
