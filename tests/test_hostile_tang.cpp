@@ -330,6 +330,47 @@ TEST_CASE("hostile /rec replies: huge, off the curve, wrong curve, from other ke
     check_refused(unlock_with("rec-file", {"--rec", (dir / "html").string()}), "malformed reply");
 }
 
+// Issue 18, item 2: the advertisement comes from the server itself (pinned by thp, fetched as /adv/<thp>), then
+// its /rec fails, stalls or never ends. bind used to keep such a binding and exit 0 ("server_unreachable"):
+// now the proof through the server fails the bind (exit 6) and removes the binding again.
+TEST_CASE("an honest advertisement from the server, then /rec refused, stalled or endless: bind fails and rolls back") {
+    TangServer tang, other;
+    TempDir dir;
+    const fs::path adv = dir / "adv.jws";
+    write_file(adv, tang.advertisement());
+    Image image;
+    const auto dump = [&] {  // luksDump without the epoch (a write that was rolled back bumps it)
+        std::string out = run_ok({"cryptsetup", "luksDump", image.path.string()});
+        const std::size_t epoch = out.find("Epoch:");
+        if (epoch != std::string::npos) out.erase(epoch, out.find('\n', epoch) - epoch);
+        return out;
+    };
+    const std::string before = dump();
+    const std::string upstream_other = "127.0.0.1:" + std::to_string(other.port());
+    struct Case {
+        std::string mode;
+        std::vector<std::string> extra;
+        std::string expected;
+    };
+    for (const Case& c : {Case{"proxy-rec", {"--upstream", upstream_other}, "HTTP 404"},
+                          Case{"stall-rec", {}, "timed out"}, Case{"huge-rec", {}, "larger than"}}) {
+        CAPTURE(c.mode);
+        std::vector<std::string> extra = c.extra;
+        extra.insert(extra.end(), {"--adv", adv.string()});
+        HostileTang server(c.mode, extra);
+        const Measured m = image.bind(pinned(server.url(), tang.thumbprint()), {"--timeout", "2000"});
+        check_refused(m, c.expected);
+        CHECK(m.exit_code == 6);
+        CHECK_MESSAGE(m.err.find("binding removed again") != std::string::npos, m.err);
+        CHECK(dump() == before);
+    }
+    // The harness itself: the same server relaying /rec to the real Tang gives a verified binding.
+    HostileTang honest("proxy-rec", {"--adv", adv.string(), "--upstream", "127.0.0.1:" + std::to_string(tang.port())});
+    const Measured bound = image.bind(pinned(honest.url(), tang.thumbprint()), {"--timeout", "2000"});
+    CHECK_MESSAGE(bound.exit_code == 0, bound.err);
+    CHECK(bound.err.find("NOT verified") == std::string::npos);
+}
+
 TEST_CASE("hostile tokens imported with cryptsetup token import never crash or hang list, unlock, inspect") {
     TempDir dir;
     Image image;

@@ -11,6 +11,7 @@ Modes (GET /adv..., POST /rec/...):
   wrong-type     /adv: the --adv file with Content-Type text/html
   adv-file       /adv: the --adv file (invalid curves, points off the curve, mismatched kids: the test crafts it)
   huge-rec       /rec: 200 with an endless body
+  stall-rec      /rec: reads the request, then never answers (the client's total timeout must end it)
   rec-file       /rec: the --rec file (a reply off the curve, on the wrong curve, ...)
   proxy-rec      /rec: forwarded to --upstream (a real tangd on 127.0.0.1): the honest answer, or a wrong one when
                  the upstream holds other keys
@@ -90,6 +91,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.do_GET()
         if mode == "huge-rec":
             return self.endless(chunked=True)
+        if mode == "stall-rec":
+            time.sleep(3600)
+            return None
         if mode == "rec-file":
             return self.send_body(self.read_file(self.args.rec), "application/jwk+json")
         if mode == "proxy-rec":
