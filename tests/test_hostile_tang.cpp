@@ -232,6 +232,24 @@ TEST_CASE("hostile /adv: huge, endless and drip-fed bodies, redirects, wrong con
     CHECK(run_cli({"list", image.path.string()}).out.empty());
 }
 
+// bind fetches the advertisement on a second thread while it derives the volume key (pin_round_trips.hpp). A
+// wrong build passphrase must still be the answer, at once: the transfer still drip-feeding is cancelled, not
+// waited out to its timeout, and nothing is written.
+TEST_CASE("a wrong build passphrase while the advertisement drip-feeds: exit 3 at once, the fetch cancelled") {
+    TangServer tang;
+    Image image;
+    const fs::path wrong = image.dir / "wrong";
+    write_file(wrong, "not the build passphrase");
+    HostileTang server("drip-adv");
+    const std::string config = pinned(server.url(), tang.thumbprint());
+    const Measured m = run_measured({"bind", image.path.string(), "tang", config, "--passphrase-file", wrong.string(),
+                                     "--timeout", "20000"});
+    CHECK(m.exit_code == 3);
+    CHECK_MESSAGE(m.err.find("opens no keyslot") != std::string::npos, m.err);
+    CHECK_MESSAGE(m.seconds < 5, m.seconds);  // the drip-fed transfer alone would run to the 20 s timeout
+    CHECK(run_cli({"list", image.path.string()}).out.empty());
+}
+
 TEST_CASE("hostile advertisements: invalid curves, points not on the curve, a signer other than the pinned key") {
     TangServer tang, other;
     TempDir dir;

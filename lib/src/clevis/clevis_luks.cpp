@@ -2,6 +2,7 @@
 // clevis_luks2_save_slot, clevis_luks_add_key, clevis_luks_print_pin_config). unbind.cpp and regen.cpp hold
 // the crash-safe removal and regeneration.
 #include "clevis/clevis_internal.hpp"
+#include "clevis/pin_round_trips.hpp"
 
 #include <luksforge/clevis.hpp>
 
@@ -18,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <linux/keyctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -37,9 +39,11 @@ int first_free_keyslot(const Volume& volume) {
     throw FormatError("all 32 keyslots of " + volume.path().string() + " are in use");
 }
 
+// `encryption` has been running since the caller started it (pin_round_trips.hpp); the header is written only
+// once it succeeded.
 template <typename AddKeyslot>
 BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view config_json, const BindOptions& options,
-                     AddKeyslot add_keyslot) {
+                     PendingEncryption& encryption, AddKeyslot add_keyslot) {
     if (volume.luks_version() != 2) throw FormatError(internal::luks1_refusal(volume));
     // An earlier bind killed between its keyslot and its token (bind_record.cpp): finished or dropped first;
     // when it was this very bind, its result is the answer.
@@ -52,14 +56,18 @@ BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view conf
     if (options.token_id >= 0 && volume.token(options.token_id))
         throw FormatError("token " + std::to_string(options.token_id) + " is already in use");
 
-    SecretBuffer passphrase = new_slot_passphrase();
-    // Encrypt first: network and trust failures must leave the header untouched.
-    const std::string jwe = clevis_encrypt(pin, config_json, passphrase.bytes(), options.pin);
+    const SecretBuffer& passphrase = encryption.passphrase();
+    // Encrypted before any write: network and trust failures leave the header untouched.
+    const std::string jwe = encryption.get();
     const int slot = options.keyslot >= 0 ? options.keyslot : first_free_keyslot(volume);
     const std::string record = bind_record_json(slot, jwe, request);
     // The record, then the keyslot beside it, then the token in the record's place: the peak is record + keyslot.
     check_metadata_room(volume, std::max(record.size(), token_json(slot, jwe).size()) + keyslot_json_bytes);
     const Pbkdf pbkdf = resolved_pbkdf(volume, options.pbkdf);
+
+    // The proof's recovery goes through the pin while the record, keyslot and token are written.
+    std::optional<PendingProof> proof;
+    if (options.verify) proof.emplace(jwe, options.pin);
 
     BindResult result;
     result.token = volume.set_token(record, options.token_id);
@@ -81,12 +89,13 @@ BindResult bind_impl(Volume& volume, std::string_view pin, std::string_view conf
         result.message = bound + "; NOT verified: the proof through the server was skipped on request";
         return result;
     }
-    // Through the real server: recover from the token as stored, then open the new keyslot with it. Any
-    // failure — the server unreachable or slow included — removes the binding again: nobody checked it.
+    // Through the real server: the token as stored is the JWE the pin recovered the slot passphrase from, and
+    // that passphrase opens the new keyslot. Any failure — the server unreachable or slow included — removes
+    // the binding again: nobody checked it.
     try {
         const std::optional<Token> stored = volume.token(result.token);
         if (!stored) throw Error(EIO, "the new token vanished");
-        prove_binding(volume, token_to_compact(stored->json), passphrase, result.keyslot, options.pin);
+        proof->finish(volume, token_to_compact(stored->json), passphrase, result.keyslot);
     } catch (const TangError& e) {
         roll_back(volume, result.token, result.keyslot);
         throw TangError(std::string("binding removed again: it could not be proven through the server (") +
@@ -259,22 +268,25 @@ std::vector<std::string> bind_crash_points() {
 
 BindResult bind(Volume& volume, std::string_view pin, std::string_view config_json,
                 std::string_view existing_passphrase, const BindOptions& options) {
-    // Derive the volume key once, before any network work: a wrong passphrase fails early, and the new
-    // keyslot is then added by volume key — exactly one (possibly slow, argon2id) derivation per bind.
+    // The pin's encryption (the advertisement's round trip) runs while the volume key is derived, once: the new
+    // keyslot is added by volume key — exactly one (possibly slow, argon2id) derivation per bind. A wrong
+    // passphrase cancels the encryption and is the error reported.
+    PendingEncryption encryption(pin, config_json, options.pin);
     SecretBuffer volume_key;
     try {
         volume_key = volume.volume_key(existing_passphrase);
     } catch (const AuthError&) {
         throw AuthError("the existing passphrase opens no keyslot of " + volume.path().string());
     }
-    return bind_impl(volume, pin, config_json, options, [&](std::string_view fresh, const Pbkdf& pbkdf, int slot) {
+    return bind_impl(volume, pin, config_json, options, encryption, [&](std::string_view fresh, const Pbkdf& pbkdf, int slot) {
         return volume.add_keyslot_by_volume_key(fresh, pbkdf, slot, &volume_key);
     });
 }
 
 BindResult bind_with_volume_key(Volume& volume, std::string_view pin, std::string_view config_json,
                                 const BindOptions& options, const SecretBuffer* volume_key) {
-    return bind_impl(volume, pin, config_json, options, [&](std::string_view fresh, const Pbkdf& pbkdf, int slot) {
+    PendingEncryption encryption(pin, config_json, options.pin);
+    return bind_impl(volume, pin, config_json, options, encryption, [&](std::string_view fresh, const Pbkdf& pbkdf, int slot) {
         return volume.add_keyslot_by_volume_key(fresh, pbkdf, slot, volume_key);
     });
 }
