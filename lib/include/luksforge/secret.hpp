@@ -71,6 +71,8 @@ void write_secret_fd(int fd, std::span<const std::uint8_t> secret);
 
 // Base64url without padding (RFC 4648 §5), as JOSE and Clevis use it. Encoded secrets stay secrets.
 SecretBuffer base64url_encode(std::span<const std::uint8_t> bytes);
-SecretBuffer base64url_decode(std::string_view text);  // throws FormatError on bad input
+SecretBuffer base64url_decode(std::string_view text);
+// Whether every character is of the unpadded base64url alphabet (empty text is), as RFC 7515 compact JWE parts are.
+bool is_base64url(std::string_view text) noexcept;  // throws FormatError on bad input
 
 }  // namespace luksforge

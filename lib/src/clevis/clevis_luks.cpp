@@ -11,6 +11,7 @@
 #include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/secret.hpp>
 #include <luksforge/tang.hpp>
 
 #include <libcryptsetup.h>
@@ -256,7 +257,7 @@ std::string token_to_compact(std::string_view token_text) {
         if (value != nullptr && !json_is_string(value))
             throw FormatError(std::string("clevis token: jwe.") + fields[i] + " is not a string");
         if (value == nullptr && i != 1) throw FormatError(std::string("clevis token: jwe.") + fields[i] + " missing");
-        if (value && !detail::is_base64url({json_string_value(value), json_string_length(value)}))
+        if (value && !is_base64url({json_string_value(value), json_string_length(value)}))
             throw FormatError(std::string("clevis token: jwe.") + fields[i] + " is not base64url");
         if (i) compact += '.';
         if (value) compact.append(json_string_value(value), json_string_length(value));

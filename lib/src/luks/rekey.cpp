@@ -77,13 +77,13 @@ bool resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std:
     const std::string where = volume.path().string();
     int rc = -EPERM;
     for (std::string_view passphrase : passphrases) {
-        use_explicit_pbkdf_for_reencryption_metadata(volume.native_handle());
         crypt_params_reencrypt params{};
         params.flags = CRYPT_REENCRYPT_RESUME_ONLY;
         params.max_hotzone_size = options.max_hotzone_bytes / 512;
         if (status == CRYPT_REENCRYPT_CRASH) {
             crypt_params_reencrypt recovery{};
             recovery.flags = CRYPT_REENCRYPT_RECOVERY;
+            use_explicit_pbkdf_for_reencryption_metadata(volume.native_handle());
             detail::clear_crypt_error();
             rc = crypt_reencrypt_init_by_passphrase(volume.native_handle(), nullptr, passphrase.data(), passphrase.size(),
                                                     CRYPT_ANY_SLOT, CRYPT_ANY_SLOT, nullptr, nullptr, &recovery);
@@ -95,7 +95,7 @@ bool resume_reencryption(Volume& volume, crypt_reencrypt_info status, const std:
                 teardown_was_interrupted(volume.native_handle()))
                 return false;
         }
-        use_explicit_pbkdf_for_reencryption_metadata(volume.native_handle());  // again after reload()
+        use_explicit_pbkdf_for_reencryption_metadata(volume.native_handle());
         detail::clear_crypt_error();
         rc = crypt_reencrypt_init_by_passphrase(volume.native_handle(), nullptr, passphrase.data(), passphrase.size(),
                                                 CRYPT_ANY_SLOT, CRYPT_ANY_SLOT, nullptr, nullptr, &params);
@@ -181,7 +181,7 @@ void add_keyslots_for_new_key(Volume& volume, const OpenedKeyslots& opened, cons
                 check_crypt(crypt_token_assign_keyslot(cd, token.id, new_slot), "cannot assign token");
         }
     }
-    crypt_set_pbkdf_type(cd, nullptr);
+    // The last keyslot's PBKDF stays set: the caller sets the re-encryption's next, or resets it on failure.
 }
 
 // Write the re-encryption segment into the header: from `old_slot`'s key to `new_slot`'s, forward, with

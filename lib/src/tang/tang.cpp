@@ -6,6 +6,7 @@
 #include "util/json_util.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/secret.hpp>
 
 #include <curl/curl.h>
 
@@ -71,19 +72,13 @@ CompactJwe split_compact_jwe(std::string_view jwe) {
         start = dot + 1;
     }
     if (result.parts[0].empty()) throw FormatError("not a compact JWE: empty protected header");
+    // Anything outside unpadded base64url (spaces, '=', '+', '/') would be cut or mangled on its way through a
+    // LUKS2 token and back.
     static const char* names[] = {"protected header", "encrypted key", "IV", "ciphertext", "tag"};
     for (std::size_t i = 0; i < 5; ++i)
-        if (!is_base64url(result.parts[i]))
+        if (!luksforge::is_base64url(result.parts[i]))
             throw FormatError(std::string("not a compact JWE: its ") + names[i] + " is not base64url");
     return result;
-}
-
-bool is_base64url(std::string_view text) {
-    // RFC 7515 compact serialisation: unpadded base64url; anything else (spaces, '=', '+', '/') would be cut or
-    // mangled on its way through a LUKS2 token and back.
-    for (const unsigned char c : text)
-        if (!std::isalnum(c) && c != '-' && c != '_') return false;
-    return true;
 }
 
 JsonPtr decode_b64_json(std::string_view b64, std::string_view what) {

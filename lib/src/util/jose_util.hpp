@@ -56,8 +56,6 @@ struct CompactJwe {
 };
 // Throws FormatError when `jwe` does not have exactly five parts.
 CompactJwe split_compact_jwe(std::string_view jwe);
-// Whether every character is of the unpadded base64url alphabet (empty text is).
-bool is_base64url(std::string_view text);
 // Decode a base64url JSON object (a JWE protected header); throws FormatError.
 JsonPtr decode_b64_json(std::string_view b64, std::string_view what);
 

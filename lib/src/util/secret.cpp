@@ -249,6 +249,10 @@ SecretBuffer base64url_encode(std::span<const std::uint8_t> bytes) {
     return out;
 }
 
+bool is_base64url(std::string_view text) noexcept {
+    return std::all_of(text.begin(), text.end(), [](unsigned char c) { return base64url_value(c) >= 0; });
+}
+
 SecretBuffer base64url_decode(std::string_view text) {
     if (text.size() % 4 == 1) throw FormatError("invalid base64url: bad length");
     SecretBuffer out(text.size() * 3 / 4);
