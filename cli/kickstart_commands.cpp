@@ -1,10 +1,10 @@
 // `luksforge kickstart`: render one of the NBDE kickstart templates (lorax-templates/kickstarts/, compiled in)
-// with a fresh random build passphrase and the installation source, into a new 0600 file.
+// with the installation source, after checking the policy the installs bind, into a new file.
 //
-// The templates carry no secret: `@LUKSFORGE_BUILD_PASSPHRASE@` marks where the passphrase goes (the `part`
-// line and the %post that binds and then removes its keyslot), and the line `# @LUKSFORGE_INSTALLATION_SOURCE@`
-// where the `url`/`repo` lines or an `%include` go. The passphrase is generated here, lives in SecretBuffers
-// and in the output file only — never in argv, the environment or a log.
+// The templates and what this writes hold no secret: each install's build passphrase is made by the
+// kickstart's own %pre, in the installer's memory (see the templates), so a rendered kickstart may be committed,
+// put on boot.iso or kept. The line `# @LUKSFORGE_INSTALLATION_SOURCE@` marks where the `url`/`repo` lines or an
+// `%include` go.
 #include "commands.hpp"
 #include "common.hpp"
 #include "kickstart_templates.hpp"
@@ -12,10 +12,10 @@
 #include <luksforge/error.hpp>
 #include <luksforge/pin.hpp>
 #include <luksforge/policy.hpp>
-#include <luksforge/secret.hpp>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -28,7 +28,8 @@
 namespace luksforge::cli {
 namespace {
 
-constexpr std::string_view passphrase_marker = "@LUKSFORGE_BUILD_PASSPHRASE@";
+// Where templates before the %pre-made passphrase put a render-time one: refused with a pointer.
+constexpr std::string_view old_passphrase_marker = "@LUKSFORGE_BUILD_PASSPHRASE@";
 constexpr std::string_view source_marker_line = "# @LUKSFORGE_INSTALLATION_SOURCE@";
 
 struct KickstartOptions {
@@ -118,51 +119,49 @@ void check_policy(const std::string& path) {
     }
 }
 
-// Template + passphrase + source → the kickstart, assembled in a SecretBuffer (it holds the passphrase).
-SecretBuffer render(std::string_view text, const SecretBuffer& passphrase, const std::string& source) {
-    const std::size_t source_at = text.find(source_marker_line);
-    if (source_at == std::string_view::npos || (source_at != 0 && text[source_at - 1] != '\n'))
+// Template + source → the kickstart.
+std::string render(std::string_view text, const std::string& source) {
+    if (text.find(old_passphrase_marker) != std::string_view::npos)
+        throw FormatError("the kickstart template has " + std::string(old_passphrase_marker) +
+                          ": a passphrase rendered into a kickstart would be in every copy of it; let the kickstart's "
+                          "%pre make one per install, as lorax-templates/kickstarts/ do");
+    const std::size_t at = text.find(source_marker_line);
+    if (at == std::string_view::npos || (at != 0 && text[at - 1] != '\n'))
         throw FormatError("the kickstart template has no line \"" + std::string(source_marker_line) + "\"");
-    if (text.find(passphrase_marker) == std::string_view::npos)
-        throw FormatError("the kickstart template has no " + std::string(passphrase_marker) + " to put the build passphrase in");
-    SecretBuffer out;
-    std::size_t position = 0;
-    while (position < text.size()) {
-        const std::size_t marker = text.find(passphrase_marker, position);
-        const std::size_t line = text.find(source_marker_line, position);
-        const std::size_t next = std::min(marker, line);
-        if (next == std::string_view::npos) {
-            out.append(text.data() + position, text.size() - position);
-            break;
-        }
-        out.append(text.data() + position, next - position);
-        if (next == marker) {
-            out.append(passphrase.data(), passphrase.size());
-            position = marker + passphrase_marker.size();
-        } else {
-            out.append(source.data(), source.size());
-            position = line + source_marker_line.size();
-            if (position < text.size() && text[position] == '\n') ++position;  // `source` ends with its own newline
-        }
-    }
-    if (out.view().find("@LUKSFORGE_") != std::string_view::npos)
+    std::size_t after = at + source_marker_line.size();
+    if (after < text.size() && text[after] == '\n') ++after;  // `source` ends with its own newline
+    std::string out = std::string(text.substr(0, at)) + source + std::string(text.substr(after));
+    if (out.find("@LUKSFORGE_") != std::string::npos)
         throw FormatError("the kickstart template holds an unknown @LUKSFORGE_...@ marker");
     return out;
+}
+
+// A new file (or, with --force, a replaced one), written whole or not at all.
+void write_kickstart(const std::filesystem::path& out, const std::string& text, bool force) {
+    std::error_code ec;
+    if (!force && std::filesystem::symlink_status(out, ec).type() != std::filesystem::file_type::not_found)
+        throw Error(EEXIST, out.string() + " exists (--force replaces it)");
+    const std::filesystem::path partial = out.string() + ".partial";
+    {
+        std::ofstream file(partial, std::ios::binary | std::ios::trunc);
+        file << text;
+        file.flush();
+        if (!file) throw Error(EIO, "cannot write " + partial.string());
+    }
+    std::filesystem::rename(partial, out, ec);
+    if (ec) {
+        std::filesystem::remove(partial);
+        throw Error(ec.value(), "cannot write " + out.string() + ": " + ec.message());
+    }
 }
 
 int run_kickstart(const KickstartOptions& options) {
     check_policy(options.policy);
     const std::string source = installation_source(options);
-    const std::string text = template_text(options);
-    // 256 bits from the kernel CSPRNG, base64url: one kickstart and one shell word, no quoting needed.
-    const SecretBuffer passphrase = generate_passphrase(256);
-    const SecretBuffer kickstart = render(text, passphrase, source);
-    const std::filesystem::path out(options.out);
-    write_secret_file(out, kickstart.bytes(), options.force);  // created 0600; refuses an existing file
-    std::fprintf(stderr,
-                 "wrote %s (mode 0600) with a fresh random build passphrase; it opens nothing once %%post has run — "
-                 "delete the file after the build\n",
-                 out.c_str());
+    const std::string kickstart = render(template_text(options), source);
+    write_kickstart(options.out, kickstart, options.force);
+    std::fprintf(stderr, "wrote %s (no secret in it: each install's %%pre makes its own build passphrase)\n",
+                 options.out.c_str());
     return exit_ok;
 }
 
@@ -171,13 +170,12 @@ int run_kickstart(const KickstartOptions& options) {
 void register_kickstart_commands(CLI::App& app) {
     auto opts = std::make_shared<KickstartOptions>();
     auto* cmd = app.add_subcommand(
-        "kickstart", "Render an NBDE kickstart (livemedia-creator --make-disk or virt-install) with a fresh random "
-                     "build passphrase into a new 0600 file");
+        "kickstart", "Render an NBDE kickstart (livemedia-creator --make-disk or virt-install) for a policy and an "
+                     "installation source into a new file (no secret: each install makes its own build passphrase)");
     cmd->add_option("--kind", opts->kind, "lmc-make-disk (default) or virt-install")
         ->check(CLI::IsMember({"lmc-make-disk", "virt-install"}));
     cmd->add_option("--template", opts->template_file,
-                    "Render this template instead (with @LUKSFORGE_BUILD_PASSPHRASE@ and the "
-                    "'# @LUKSFORGE_INSTALLATION_SOURCE@' line)");
+                    "Render this template instead (with the '# @LUKSFORGE_INSTALLATION_SOURCE@' line)");
     cmd->add_option("--policy", opts->policy,
                     "The deployment policy the installs bind (checked: valid, no TOFU, fits 16 KiB LUKS2 metadata)")
         ->required();
@@ -185,7 +183,7 @@ void register_kickstart_commands(CLI::App& app) {
     cmd->add_option("--repo", opts->repos, "Additional repository NAME=URL (repeatable; with --url)");
     cmd->add_option("--include", opts->include,
                     "Installation source in a file the kickstart %includes (a path as the installer sees it)");
-    cmd->add_option("--out", opts->out, "The kickstart to write (created 0600)")->required();
+    cmd->add_option("--out", opts->out, "The kickstart to write")->required();
     cmd->add_flag("--force", opts->force, "Replace an existing --out file");
     set_action(*cmd, [opts] { return run_kickstart(*opts); });
 }

@@ -1,5 +1,6 @@
-"""The kickstart templates and `luksforge kickstart`: no secret committed, a fresh random build passphrase per
-render (0600, never in argv), livemedia-creator's and anaconda's checks (kickstart_rules.py: lorax 28/34/40/46,
+"""The kickstart templates and `luksforge kickstart`: no secret in any kickstart (committed or rendered), a fresh
+random build passphrase per install made by %pre in the installer's memory and gone from the installed system
+once %post ran, livemedia-creator's and anaconda's checks (kickstart_rules.py: lorax 28/34/40/46,
 RHEL 8/9/10), and a %post that really binds — with stock Clevis only, or with luksforge when the image has it —
 against the advertisements the runtime template verified, 2 of 3 Tang servers, on a LUKS2 volume with
 `cryptsetup luksFormat`'s default 16 KiB metadata; verifies through Tang and removes the build passphrase
@@ -16,13 +17,15 @@ import pytest
 
 import luksforge
 from conftest import SOURCE_DIR, cryptsetup_accepts, luks_dump, run, start_tang
-from kickstart_rules import (LORAX_VERSIONS, RHEL_VERSIONS, Kickstart, anaconda_errors, lmc_errors, passphrases,
-                             usage_commands)
+from kickstart_rules import (LORAX_VERSIONS, RHEL_VERSIONS, Kickstart, anaconda_errors, lmc_errors, option,
+                             passphrases, usage_commands)
 from lorax_harness import Runner
 
 TEMPLATES = SOURCE_DIR / "lorax-templates/kickstarts"
 KINDS = ("lmc-make-disk", "virt-install")
 POST = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
+PRE = re.compile(r"^%pre\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
+PART_INCLUDE = "/tmp/luksforge-root-part.ks"  # where the templates' %pre writes the root `part` line
 CLI = os.environ.get("LUKSFORGE_CLI", "luksforge")
 
 
@@ -64,11 +67,54 @@ def test_both_templates_exist():
 def test_template_commits_no_secret_and_refuses_use_as_is(kind):
     text = (TEMPLATES / f"{kind}.ks").read_text()
     ks = Kickstart(text)
-    assert passphrases(ks) == ["@LUKSFORGE_BUILD_PASSPHRASE@"]
-    assert "luksforge-build-only" not in text
-    # Used as it is, it would install with a public passphrase: the arch template's check refuses it.
+    assert passphrases(ks) == []  # the root `part` line comes from %pre, through %include
+    assert f"%include {PART_INCLUDE}\n" in text
+    assert part_passphrases(text) == ["%s"]  # %pre's printf format: filled in per install
+    assert "luksforge-build-only" not in text and "@LUKSFORGE_BUILD_PASSPHRASE@" not in text
+    # Used as it is it has no installation source: the arch template's check refuses it.
     with pytest.raises(luksforge.lorax.TemplateVarError, match="unrendered"):
         luksforge.lorax.check_kickstart(text, kind)
+
+
+def part_passphrases(text):
+    """The --passphrase values of every `part` line: kickstart commands and the ones a script writes."""
+    return re.findall(r"^\s*(?:printf ')?part\s.*--passphrase=(\S+)", text, re.M)
+
+
+def run_pre(text, directory: Path):
+    """The kickstart's %pre as anaconda runs it before it parses the %include: returns the `part` line file it
+    wrote, the passphrase file and that passphrase (both files are in `directory`, in place of /tmp and /run)."""
+    (pre,) = [m.group("body") for m in PRE.finditer(text)]
+    directory.mkdir(parents=True, exist_ok=True)
+    include, run_dir = directory / "luksforge-root-part.ks", directory / "run"
+    env = {**os.environ, "LUKSFORGE_RUN_DIR": str(run_dir), "LUKSFORGE_PART_INCLUDE": str(include)}
+    result = subprocess.run(["bash", "-c", pre], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert result.returncode == 0, result.stderr
+    passphrase = (run_dir / "build.pass").read_bytes()
+    assert passphrase not in result.stdout + result.stderr
+    return include, run_dir, passphrase
+
+
+def with_include(text, include: Path):
+    """The kickstart as anaconda parses it after %pre: its %include read from where the test's %pre wrote it."""
+    return text.replace(f"%include {PART_INCLUDE}\n", f"%include {include}\n")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pre_makes_a_fresh_private_passphrase_for_every_install(kind, tmp_path):
+    text = (TEMPLATES / f"{kind}.ks").read_text()
+    seen = set()
+    for i in range(2):
+        include, run_dir, passphrase = run_pre(text, tmp_path / str(i))
+        assert re.fullmatch(rb"[A-Za-z0-9_-]{43}", passphrase)
+        assert stat.S_IMODE((run_dir / "build.pass").stat().st_mode) == 0o600
+        assert stat.S_IMODE(include.stat().st_mode) == 0o600
+        (part,) = passphrases(Kickstart(with_include(text, include)))
+        assert part.encode() == passphrase
+        (line,) = include.read_text().splitlines()
+        assert line.startswith("part / ") and "--encrypted" in line and "--luks-version=luks2" in line
+        seen.add(passphrase)
+    assert len(seen) == 2
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,23 +143,29 @@ def test_usage_comments_name_only_real_options():
 # --- rendering ---------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_render_makes_a_fresh_private_kickstart(kind, policy, tmp_path):
+def test_render_writes_a_kickstart_without_a_secret(kind, policy, tmp_path):
     first, second = tmp_path / "a.ks", tmp_path / "b.ks"
-    result = render(policy, first, kind)
+    render(policy, first, kind)
     render(policy, second, kind)
-    assert stat.S_IMODE(first.stat().st_mode) == 0o600 and stat.S_IMODE(second.stat().st_mode) == 0o600
-    (one,), (two,) = passphrases(Kickstart(first.read_text())), passphrases(Kickstart(second.read_text()))
-    assert one != two and len(one) == 43 and re.fullmatch(r"[A-Za-z0-9_-]{43}", one)
-    assert one.encode() not in result.stdout + result.stderr
     text = first.read_text()
-    assert "@LUKSFORGE" not in text and text.count(one) == 2  # the part line and the %post that removes it
-    assert f"printf '%s' '{one}' >" in text
+    assert text == second.read_text()  # nothing random in it: the passphrase is made per install
+    assert "@LUKSFORGE" not in text and passphrases(Kickstart(text)) == []
+    assert part_passphrases(text) == ["%s"]
     luksforge.lorax.check_kickstart(text, kind)
     # Never replaced by accident; --force does.
-    again = render(policy, first, kind, check=False)
+    again = render(policy, first, kind, "--url", "http://127.0.0.1:2/os/", check=False)
     assert again.returncode != 0 and first.read_text() == text
-    render(policy, first, kind, "--force", "--url", "http://127.0.0.1:1/os/")
-    assert first.read_text() != text
+    render(policy, first, kind, "--force", "--url", "http://127.0.0.1:2/os/")
+    assert first.read_text() != text and not list(tmp_path.glob("*.partial"))
+
+
+def test_render_refuses_a_template_with_a_render_time_passphrase(policy, tmp_path):
+    old = tmp_path / "old.ks"
+    old.write_text((TEMPLATES / "virt-install.ks").read_text().replace(
+        f"%include {PART_INCLUDE}\n", "part / --encrypted --luks-version=luks2 --passphrase=@LUKSFORGE_BUILD_PASSPHRASE@\n"))
+    result = render(policy, tmp_path / "ks.cfg", "virt-install", "--template", old, check=False)
+    assert result.returncode != 0 and not (tmp_path / "ks.cfg").exists()
+    assert "%pre" in result.stderr.decode()
 
 
 def test_render_installation_source_as_url_repo_or_include(policy, tmp_path):
@@ -173,7 +225,12 @@ def test_lmc_kickstart_passes_livemedia_creators_check(lorax, policy, tmp_path):
 def test_kickstarts_pass_anacondas_checks(kind, version, policy, tmp_path):
     out = tmp_path / "ks.cfg"
     render(policy, out, kind)
-    assert anaconda_errors(Kickstart(out.read_text()), version) == []
+    text = out.read_text()
+    assert anaconda_errors(Kickstart(text), version) == []  # as ksvalidator reads it (includes not followed)
+    include, _, _ = run_pre(text, tmp_path / "pre")
+    after_pre = Kickstart(with_include(text, include))  # as anaconda parses it after %pre
+    assert [c[2][0] for c in after_pre.commands if c[1] == "part"] == ["/boot", "/"] or kind == "virt-install"
+    assert anaconda_errors(after_pre, version) == []
     assert anaconda_errors(Kickstart((TEMPLATES / f"{kind}.ks").read_text()), version) == []
 
 
@@ -214,8 +271,10 @@ def post_sections(text):
 
 
 def installer(tmp_path, tangs, kind, policy):
-    """The runtime as luksforge-runtime.tmpl leaves it, the rendered kickstart, the installed system's tree and
-    its disk as anaconda formats it from the part line (cryptsetup defaults: 16 KiB of LUKS2 metadata)."""
+    """The runtime as luksforge-runtime.tmpl leaves it, the rendered kickstart, its %pre run (the build
+    passphrase), the installed system's tree (with the anaconda-ks.cfg anaconda writes before %post, at worst
+    repeating the part line with its passphrase) and its disk as anaconda formats it from that part line
+    (cryptsetup defaults: 16 KiB of LUKS2 metadata)."""
     runtime = tmp_path / "runtime"
     (runtime / "tmp").mkdir(parents=True)
     Runner(runtime, runtime).run(SOURCE_DIR / "lorax-templates/luksforge-runtime.tmpl", root=str(runtime),
@@ -224,72 +283,111 @@ def installer(tmp_path, tangs, kind, policy):
     ks_path = tmp_path / "ks.cfg"
     render(policy, ks_path, kind)
     text = ks_path.read_text()
-    (passphrase,) = passphrases(Kickstart(text))
+    include, run_dir, passphrase = run_pre(text, tmp_path / "installer")
+    part = next(c for c in Kickstart(with_include(text, include)).commands if c[1] == "part" and c[2][0] == "/")[2]
     sysroot = tmp_path / "sysroot"
     (sysroot / "root").mkdir(parents=True)
-    (sysroot / "root/original-ks.cfg").write_text(text)  # anaconda's copy of the kickstart
+    (sysroot / "dev/shm").mkdir(parents=True)  # anaconda mounts a tmpfs there for %post
+    (sysroot / "root/anaconda-ks.cfg").write_text("# Generated by Anaconda\n" + " ".join(["part"] + part) + "\n")
     disk = tmp_path / "root.img"
     with open(disk, "wb") as f:
         f.truncate(32 << 20)
-    part = next(c for c in Kickstart(text).commands if c[1] == "part" and c[2][0] == "/")[2]
-    pbkdf = [w.split("=", 1)[1] for w in part if w.startswith("--pbkdf=")][0]
-    iterations = [w.split("=", 1)[1] for w in part if w.startswith("--pbkdf-iterations=")][0]
-    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", pbkdf, "--pbkdf-force-iterations",
-        iterations, "--key-file", "-", disk, input=passphrase.encode())
-    assert luksforge.Volume.open(disk, read_only=True).inspect().metadata_bytes == 16 << 10
+    format_as_anaconda(disk, part, passphrase)
     tools = tmp_path / "installed-system-tools"
     tools.mkdir()
     for name in ("grubby", "dracut"):
         fake_tool(tools, name)
-    return runtime, text, passphrase.encode(), sysroot, disk, tools
+    return Installer(runtime, text, include, run_dir, passphrase, sysroot, disk, tools)
 
 
-def run_post(text, runtime, sysroot, disk, tools, with_luksforge):
-    nochroot, chroot = post_sections(text)
-    env = {**os.environ, "ANA_INSTALL_PATH": str(sysroot), "LUKSFORGE_RUNTIME_DIR": str(runtime / "usr/share/luksforge")}
+class Installer:
+    def __init__(self, runtime, text, include, run_dir, passphrase, sysroot, disk, tools):
+        self.runtime, self.text, self.include, self.run_dir = runtime, text, include, run_dir
+        self.passphrase, self.sysroot, self.disk, self.tools = passphrase, sysroot, disk, tools
+
+
+def format_as_anaconda(device, part, passphrase: bytes):
+    """LUKS2 as anaconda makes it from the kickstart's part line: its PBKDF options, cryptsetup's defaults else."""
+    pbkdf = option(part, "--pbkdf")
+    iterations = option(part, "--pbkdf-iterations")
+    run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", pbkdf, "--pbkdf-force-iterations",
+        iterations, "--key-file", "-", device, input=passphrase)
+
+
+def run_post(inst, with_luksforge=False, device=None, chroot_edit=None):
+    """The %post sections in order, as anaconda runs them: --nochroot in the installer, then the one in the
+    installed system (dracut and grubby recorded, not run)."""
+    nochroot, chroot = post_sections(inst.text)
+    if chroot_edit:
+        chroot = chroot_edit(chroot)
+    env = {**os.environ, "ANA_INSTALL_PATH": str(inst.sysroot),
+           "LUKSFORGE_RUNTIME_DIR": str(inst.runtime / "usr/share/luksforge"),
+           "LUKSFORGE_RUN_DIR": str(inst.run_dir), "LUKSFORGE_PART_INCLUDE": str(inst.include)}
     subprocess.run(["bash", "-c", nochroot], env=env, check=True)
-    path = f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin"
+    path = f"{inst.tools}:/usr/sbin:/usr/bin:/sbin:/bin"
     if with_luksforge:
-        path = f"{tools}:{Path(CLI).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
-    env = {**os.environ, "PATH": path, "LUKSFORGE_DEVICES": str(disk), "LUKSFORGE_SYSROOT": str(sysroot),
-           "LUKSFORGE_CONF_DIR": str(sysroot / "etc/luksforge")}
-    return subprocess.run(["bash", "-c", chroot], env=env, capture_output=True, text=True)
+        path = f"{inst.tools}:{Path(CLI).parent}:/usr/sbin:/usr/bin:/sbin:/bin"
+    env = {**os.environ, "PATH": path, "LUKSFORGE_DEVICES": str(device or inst.disk),
+           "LUKSFORGE_SYSROOT": str(inst.sysroot), "LUKSFORGE_CONF_DIR": str(inst.sysroot / "etc/luksforge")}
+    return subprocess.run(["bash", "-c", chroot], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)  # Python 3.6 (test_lmc_postbuild imports it): no capture_output
+
+
+def files_holding(root: Path, secret: bytes):
+    return [p for p in root.rglob("*") if p.is_file() and secret in p.read_bytes()]
 
 
 @pytest.mark.parametrize("with_luksforge", [False, True], ids=["stock-clevis", "luksforge-in-image"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_post_binds_verifies_and_removes_the_build_passphrase(kind, with_luksforge, tangs, policy, tmp_path):
-    runtime, text, passphrase, sysroot, disk, tools = installer(tmp_path, tangs, kind, policy)
+    inst = installer(tmp_path, tangs, kind, policy)
     if not with_luksforge:
         check = subprocess.run(["bash", "-c", "command -v luksforge"], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         assert check.returncode != 0, "luksforge must not be on the stock-Clevis path"
-    result = run_post(text, runtime, sysroot, disk, tools, with_luksforge)
+    result = run_post(inst, with_luksforge)
     assert result.returncode == 0, result.stderr
-    assert (sysroot / "etc/luksforge/clevis-config.json").exists()
+    assert (inst.sysroot / "etc/luksforge/clevis-config.json").exists()
 
-    assert not cryptsetup_accepts(disk, passphrase, 0), "the build passphrase must be gone"
-    dump = luks_dump(disk)
+    assert not cryptsetup_accepts(inst.disk, inst.passphrase, 0), "the build passphrase must be gone"
+    dump = luks_dump(inst.disk)
     assert list(dump["keyslots"]) != ["0"] and len(dump["keyslots"]) == 1
     (slot,) = [int(s) for s in dump["keyslots"]]
     (token,) = dump["tokens"].values()
     assert token["type"] == "clevis" and token["keyslots"] == [str(slot)]
-    listed = run("clevis", "luks", "list", "-d", disk).stdout.decode()
+    listed = run("clevis", "luks", "list", "-d", inst.disk).stdout.decode()
     assert listed.startswith(f"{slot}: sss") and '"t":2' in listed
-    clevis_pass = run("clevis", "luks", "pass", "-d", disk, "-s", slot).stdout
-    assert cryptsetup_accepts(disk, clevis_pass, slot)
-    calls = (tools / "calls").read_text().splitlines()
-    assert calls == [f"{tools}/grubby --update-kernel=ALL --args=rd.neednet=1", f"{tools}/dracut -f --regenerate-all"]
-    assert not (sysroot / "root/original-ks.cfg").exists(), "anaconda's copy of the kickstart holds the passphrase"
-    assert not list(Path("/run").glob("luksforge-build.*")), "the build key file must be removed"
+    clevis_pass = run("clevis", "luks", "pass", "-d", inst.disk, "-s", slot).stdout
+    assert cryptsetup_accepts(inst.disk, clevis_pass, slot)
+    calls = (inst.tools / "calls").read_text().splitlines()
+    assert calls == [f"{inst.tools}/grubby --update-kernel=ALL --args=rd.neednet=1",
+                     f"{inst.tools}/dracut -f --regenerate-all"]
+    # No copy of the build passphrase anywhere: not in the installed system (anaconda's copies of the kickstart
+    # in /root included — original-ks.cfg is copied after %post), not left in the installer's /run and /tmp.
+    (inst.sysroot / "root/original-ks.cfg").write_text(inst.text)
+    assert files_holding(inst.sysroot, inst.passphrase) == []
+    assert "--passphrase" not in (inst.sysroot / "root/anaconda-ks.cfg").read_text()
+    assert not (inst.run_dir / "build.pass").exists() and not inst.include.exists()
+    assert not (inst.sysroot / "dev/shm/luksforge-build.pass").exists()
 
 
 def test_post_fails_and_keeps_the_build_passphrase_when_tang_is_down(tmp_path, tangs):
     servers = [start_tang(tmp_path / f"t{i}") for i in range(3)]
     policy = write_policy(tmp_path / "policy.toml", servers)
-    runtime, text, passphrase, sysroot, disk, tools = installer(tmp_path, servers, "virt-install", policy)
+    inst = installer(tmp_path, servers, "virt-install", policy)
     for s in servers:
         s.stop()
-    result = run_post(text, runtime, sysroot, disk, tools, with_luksforge=False)
+    result = run_post(inst)
     assert result.returncode != 0
-    assert cryptsetup_accepts(disk, passphrase, 0), "the build passphrase must survive an unverified binding"
-    assert not (tools / "calls").exists()
+    assert cryptsetup_accepts(inst.disk, inst.passphrase, 0), "the build passphrase must survive an unverified binding"
+    assert not (inst.tools / "calls").exists()
+    assert not (inst.sysroot / "dev/shm/luksforge-build.pass").exists(), "the key file goes even when %post fails"
+
+
+def test_post_refuses_to_run_without_the_pre_made_passphrase(tangs, policy, tmp_path):
+    inst = installer(tmp_path, tangs, "lmc-make-disk", policy)
+    (inst.run_dir / "build.pass").unlink()
+    nochroot, _ = post_sections(inst.text)
+    env = {**os.environ, "ANA_INSTALL_PATH": str(inst.sysroot),
+           "LUKSFORGE_RUNTIME_DIR": str(inst.runtime / "usr/share/luksforge"),
+           "LUKSFORGE_RUN_DIR": str(inst.run_dir), "LUKSFORGE_PART_INCLUDE": str(inst.include)}
+    assert subprocess.run(["bash", "-c", nochroot], env=env).returncode != 0

@@ -117,9 +117,8 @@ def test_wrong_build_passphrase_fails_cleanly_and_changes_nothing(tmp_path, poli
 # --- Red Hat's defaults: 16 KiB of LUKS2 metadata, sss 2 of 3, bound by the kickstart's own %post -----------------
 
 from conftest import start_tang  # noqa: E402
-from kickstart_rules import Kickstart, passphrases  # noqa: E402
-from lorax_harness import Runner  # noqa: E402
-from test_kickstarts import fake_tool, post_sections, render, write_policy  # noqa: E402
+from kickstart_rules import Kickstart  # noqa: E402
+from test_kickstarts import format_as_anaconda, installer, run_post, with_include, write_policy  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -131,44 +130,26 @@ def tangs(tmp_path_factory):
 
 
 def kickstart_built_disk(tmp_path, tangs, policy, keep_build_passphrase=False):
-    """A livemedia-creator disk whose rendered lmc-make-disk kickstart's %post ran with stock Clevis (sss 2 of 3
-    against the runtime template's advertisements) on its LUKS2 root partition, formatted as anaconda does it
-    (cryptsetup's default 16 KiB metadata). Returns the disk and the build passphrase."""
-    runtime = tmp_path / "runtime"
-    (runtime / "tmp").mkdir(parents=True)
-    Runner(runtime, runtime).run(SOURCE_DIR / "lorax-templates/luksforge-runtime.tmpl", root=str(runtime),
-                                 luksforge_tang=",".join(s.url for s in tangs),
-                                 luksforge_thp=",".join(s.thp for s in tangs), luksforge_threshold="2")
-    ks = tmp_path / "ks.cfg"
-    render(policy, ks, "lmc-make-disk")
-    text = ks.read_text()
-    (passphrase,) = passphrases(Kickstart(text))
-    nochroot, chroot = post_sections(text)
-    if keep_build_passphrase:  # Red Hat's documented %post: `clevis luks bind` only
-        chroot = chroot.replace('cryptsetup luksRemoveKey --batch-mode --key-file "$keyfile" "$dev"', ":")
+    """A livemedia-creator disk whose rendered lmc-make-disk kickstart's %pre and %post ran with stock Clevis
+    (sss 2 of 3 against the runtime template's advertisements) on its LUKS2 root partition, formatted as anaconda
+    does it (cryptsetup's default 16 KiB metadata). Returns the disk and the build passphrase %pre made."""
+    inst = installer(tmp_path, tangs, "lmc-make-disk", policy)
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(64 << 20)
     run("sfdisk", "--quiet", disk, input=b"label: gpt\nsize=8MiB, type=U, name=EFI\ntype=L, name=root\n")
     part = [p for p in luksforge.probe_image(disk).partitions if p.number == 2][0]
-    sysroot = tmp_path / "sysroot"
-    (sysroot / "root").mkdir(parents=True)
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for name in ("grubby", "dracut"):
-        fake_tool(tools, name)
+    root_part = next(c for c in Kickstart(with_include(inst.text, inst.include)).commands
+                     if c[1] == "part" and c[2][0] == "/")[2]
+    edit = None
+    if keep_build_passphrase:  # Red Hat's documented %post: `clevis luks bind` only
+        def edit(chroot):
+            return chroot.replace('cryptsetup luksRemoveKey --batch-mode --key-file "$keyfile" "$dev"', ":")
     with luksforge.attach_loop(disk, offset_bytes=part.offset_bytes, size_bytes=part.size_bytes) as loop:
-        run("cryptsetup", "luksFormat", "--batch-mode", "--type", "luks2", "--pbkdf", "pbkdf2",
-            "--pbkdf-force-iterations", "1000", "--key-file", "-", loop.device, input=passphrase.encode())
-        env = {**os.environ, "ANA_INSTALL_PATH": str(sysroot),
-               "LUKSFORGE_RUNTIME_DIR": str(runtime / "usr/share/luksforge")}
-        subprocess.run(["bash", "-c", nochroot], env=env, check=True)
-        env = {**os.environ, "PATH": f"{tools}:/usr/sbin:/usr/bin:/sbin:/bin", "LUKSFORGE_DEVICES": loop.device,
-               "LUKSFORGE_SYSROOT": str(sysroot), "LUKSFORGE_CONF_DIR": str(sysroot / "etc/luksforge")}
-        result = subprocess.run(["bash", "-c", chroot], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, universal_newlines=True)
+        format_as_anaconda(loop.device, root_part, inst.passphrase)
+        result = run_post(inst, device=loop.device, chroot_edit=edit)
         assert result.returncode == 0, result.stderr
-    return disk, passphrase.encode()
+    return disk, inst.passphrase
 
 
 def header_tokens(image):

@@ -28,7 +28,7 @@ def runtime_root(tmp_path):
 
 
 def rendered_kickstart(template: Path, tang, tmp_path) -> Path:
-    """The template rendered by `luksforge kickstart` (fresh build passphrase), as it goes onto boot.iso."""
+    """The template rendered by `luksforge kickstart` (no secret in it), as it goes onto boot.iso."""
     policy = tmp_path / "render-policy.toml"
     policy.write_text(f'[[tang]]\nurl = "{tang.url}"\nthp = "{tang.thp}"\n')
     out = tmp_path / f"rendered-{template.name}"
@@ -187,7 +187,7 @@ def test_arch_template_refuses_a_kickstart_that_is_not_nbde_ready(tmp_path):
               exists=lambda p: False)
     message = str(info.value)
     for problem in ("luks2", "clevis luks bind", "luksforge bind", "clevis luks pass", "unlock", "removes the build",
-                    "rd.neednet=1", "dracut", "8 characters"):
+                    "rd.neednet=1", "dracut", "fixed build passphrase"):
         assert problem in message
     assert not (tmp_path / "iso-graft").exists()
     with pytest.raises(luksforge.lorax.TemplateVarError, match="luksforge_kickstart"):
@@ -195,15 +195,24 @@ def test_arch_template_refuses_a_kickstart_that_is_not_nbde_ready(tmp_path):
 
 
 @pytest.mark.parametrize("kickstart", KICKSTARTS, ids=lambda p: p.name)
-def test_arch_template_refuses_a_kickstart_with_a_known_passphrase(kickstart, tang, tmp_path):
-    """The committed template (its marker), the fixed passphrase of earlier kickstarts: never onto boot.iso."""
+def test_arch_template_refuses_a_kickstart_with_a_passphrase_of_its_own(kickstart, tang, tmp_path):
+    """Everything on boot.iso is public: the committed template (unrendered), a rendered one whose root `part`
+    line carries a passphrase (random or not: every install from that ISO would share it), or whose %pre writes
+    a fixed one, never go onto boot.iso; the rendered kickstart, whose %pre makes one per install, does."""
     rendered = rendered_kickstart(kickstart, tang, tmp_path).read_text()
-    passphrase = [w for w in rendered.split() if w.startswith("--passphrase=")][0].split("=", 1)[1]
-    for known, error in ((kickstart.read_text(), "unrendered"),
-                         (rendered.replace(passphrase, "luksforge-build-only-2f1c"), "known build passphrase")):
-        bad = tmp_path / "known.ks"
-        bad.write_text(known)
+    fixed = "part / --fstype=xfs --size=4096 --encrypted --luks-version=luks2 --passphrase=" + "A1b2" * 11
+    include = "%include /tmp/luksforge-root-part.ks\n"
+    assert include in rendered
+    for bad_text, error in ((kickstart.read_text(), "unrendered"),
+                            (rendered.replace(include, fixed + "\n"), "fixed build passphrase"),
+                            (rendered.replace("--passphrase=%s", "--passphrase=luksforge-build-only-2f1c"),
+                             "fixed build passphrase"),
+                            (rendered.replace(include, "part / --fstype=xfs --encrypted --luks-version=luks2\n")
+                             .replace("--passphrase=%s ", ""), "anaconda would stop and ask")):
+        bad = tmp_path / "bad.ks"
+        bad.write_text(bad_text)
         with pytest.raises(luksforge.lorax.TemplateVarError, match=error):
             parse(ARCH, workdir=str(tmp_path), inroot=str(tmp_path), luksforge_kickstart=str(bad),
                   exists=lambda p: False)
         assert not (tmp_path / "iso-graft").exists()
+    luksforge.lorax.check_kickstart(rendered, kickstart.name)

@@ -295,44 +295,53 @@ def _check_template_word(word: str) -> None:
 
 _POST_SECTION = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
 
-#: Build passphrases that are public: the marker of an unrendered template (lorax-templates/kickstarts/) and the
-#: fixed passphrase earlier kickstarts carried. A kickstart holding one of them must never reach boot.iso.
-KNOWN_BUILD_PASSPHRASES = ("@LUKSFORGE_BUILD_PASSPHRASE@", "luksforge-build-only-2f1c")
-#: `luksforge kickstart` writes 43 random base64url characters (256 bits); anything much shorter was not made
-#: per build.
-MIN_BUILD_PASSPHRASE_LENGTH = 32
+_SECTION = re.compile(r"^(?P<name>%(?:pre-install|pre|post|packages|onerror|traceback|addon|anaconda))(?![\w-])"
+                      r"(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
+_STORAGE_LINE = re.compile(r"^\s*(?:printf\s+['\"])?(part|partition|logvol|raid)\s")
 
 
-def _build_passphrases(text: str):
+def _encrypted_storage_lines(text: str):
+    """The encrypted part/logvol/raid lines: kickstart commands (outside sections, where the committed value of
+    --passphrase would be a fixed secret) and the ones a %pre writes for an %include (made per install)."""
+    commands = _SECTION.sub("", text)
+    pre = "\n".join(m.group("body") for m in _SECTION.finditer(text) if m.group("name") == "%pre")
     found = []
-    for line in text.splitlines():
-        if not re.match(r"^\s*(part|partition|logvol|raid|autopart)\s", line):
-            continue
-        for word in line.split():
-            if word.startswith("--passphrase="):
-                found.append(word.split("=", 1)[1].strip("'\""))
+    for origin, block in (("command", commands), ("pre", pre)):
+        for line in block.splitlines():
+            if _STORAGE_LINE.match(line) and "--encrypted" in line.split():
+                found.append((origin, line.strip()))
     return found
 
 
+def _passphrase_of(line: str):
+    for word in line.split():
+        if word.startswith("--passphrase="):
+            return word.split("=", 1)[1].strip("'\"")
+    return None
+
+
 def check_kickstart(text: str, name: str = "kickstart") -> None:
-    """Refuse a kickstart that would not make an NBDE-ready LUKS2 install, or that carries a known build
-    passphrase (raises TemplateVarError)."""
+    """Refuse a kickstart that would not make an NBDE-ready LUKS2 install, or that carries a build passphrase of
+    its own: everything on boot.iso is public, and every install from one kickstart would share it (raises
+    TemplateVarError). The luksforge kickstarts let %pre make the passphrase per install, in the installer's
+    memory, and %include the `part` line it writes."""
     problems = []
-    parts = [line for line in text.splitlines() if re.match(r"^\s*(part|logvol|raid)\s", line)]
-    encrypted = [line for line in parts if "--encrypted" in line.split()]
+    encrypted = _encrypted_storage_lines(text)
     if not encrypted:
-        problems.append("no 'part ... --encrypted' line")
-    for line in encrypted:
+        problems.append("no 'part ... --encrypted' line (nor one that %pre writes)")
+    for origin, line in encrypted:
+        shown = line.split("--passphrase=")[0].strip()
         if "--luks-version=luks2" not in line.split():
-            problems.append(f"encrypted without --luks-version=luks2: {line.split('--passphrase=')[0].strip()}")
+            problems.append(f"encrypted without --luks-version=luks2: {shown}")
+        passphrase = _passphrase_of(line)
+        if passphrase is None:
+            problems.append(f"encrypted without --passphrase (anaconda would stop and ask): {shown}")
+        elif origin == "command" or not (passphrase == "%s" or passphrase.startswith("$")):
+            problems.append(f"a fixed build passphrase in the kickstart ({shown}): whoever reads the kickstart or "
+                            "boot.iso has it, and every install shares it; let %pre make one per install, as the "
+                            "luksforge kickstarts do")
     if "@LUKSFORGE_" in text:
         problems.append("an unrendered template (@LUKSFORGE_...@ markers): render it with `luksforge kickstart`")
-    for passphrase in _build_passphrases(text):
-        if passphrase in KNOWN_BUILD_PASSPHRASES:
-            problems.append("a known build passphrase (render the kickstart with `luksforge kickstart` for a fresh one)")
-        elif len(passphrase) < MIN_BUILD_PASSPHRASE_LENGTH:
-            problems.append(f"a build passphrase of {len(passphrase)} characters: not a per-build random one "
-                            "(`luksforge kickstart` makes 43)")
     posts = [m.group("body") for m in _POST_SECTION.finditer(text) if "--nochroot" not in m.group("args")]
     binds = any(re.search(r"\b(luksforge|clevis\s+luks)\s+bind\b", body) for body in posts)
     if not binds:
