@@ -257,17 +257,20 @@ TEST_CASE("seal refuses a wrong build passphrase and changes nothing") {
     check_no_loop_left(c.image);
 }
 
-TEST_CASE("seal with Tang down keeps the build passphrase; rerunning with Tang up finishes") {
+TEST_CASE("seal with Tang down stops before writing anything; rerunning with Tang up finishes") {
     Env env;
     Candidate c = make_candidate(env.dir / "disk.img");
     const std::string before = fingerprint_of(c);
+    const std::string image_before = read_file_bytes(c.image);
     env.tang.stop();
     RunResult down = env.seal(c.image);
-    CHECK(down.exit_code != 0);
+    CHECK(down.exit_code == 6);  // TangError, before the re-encryption rather than after it
+    CHECK(down.err.find("nothing was written") != std::string::npos);
+    CHECK(read_file_bytes(c.image) == image_before);
     {
         LoopDevice loop(c.image, c.offset, c.size);
         CHECK(build_opens(loop.path()));
-        CHECK(dump(loop.path()).find("luksforge-seal") != std::string::npos);  // an unfinished seal, recorded
+        CHECK(dump(loop.path()).find("luksforge-seal") == std::string::npos);
     }
     env.tang.start();
     RunResult up = env.seal(c.image);

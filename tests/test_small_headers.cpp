@@ -168,6 +168,28 @@ TEST_CASE("policy check: 2 of 3 fits 16 KiB for seal and stamp; 3 of 6 does not,
     CHECK(plain.out.find("seal does not fit") != std::string::npos);
 }
 
+TEST_CASE("the most servers policy check lets through (3 of 5) really seal and stamp on 16 KiB") {
+    Env env(5, 3);
+    RunResult check = run_cli({"policy", "check", env.policy.string(), "--metadata-size", "16K"});
+    REQUIRE_MESSAGE(check.exit_code == 0, check.out << check.err);
+    CHECK_MESSAGE(check.out.find("at most 5 such Tang servers fit") != std::string::npos, check.out);
+    const fs::path image = env.formatted("five.img");
+    env.stock_bind(image);  // as Red Hat's documented %post leaves it: build passphrase kept
+    RunResult sealed = run_cli({"seal", image.string(), "--policy", env.policy.string(), "--build-passphrase-file",
+                                env.build_file.string(), "--no-ledger", "-q"});
+    REQUIRE_MESSAGE(sealed.exit_code == 0, sealed.err);
+    check_sealed(image);
+    for (const bool libcryptsetup : {false, true}) {
+        CAPTURE(libcryptsetup);
+        std::vector<std::string> args = {"stamp", image.string(), "--count", "1", "--out", (env.dir / "out").string(),
+                                         "--policy", env.policy.string(), "--ledger", (env.dir / "ledger.db").string()};
+        if (libcryptsetup) args.push_back("--libcryptsetup");
+        RunResult stamped = run_cli(args);
+        REQUIRE_MESSAGE(stamped.exit_code == 0, stamped.err);
+    }
+    for (const char* name : {"five-0001.img", "five-0002.img"}) check_sealed(env.dir / "out" / name);
+}
+
 TEST_CASE("stock clevis bind in %post, build passphrase kept: seal and stamp on 16 KiB") {
     Env env;
     const fs::path image = env.formatted("stock.img");

@@ -152,9 +152,12 @@ private:
         try {
             detail::require_header_room(volume_, options_.binding, options_.pin_options, steps,
                                         "seal of " + target_.describe());
-        } catch (const TangError&) {
-            // No advertisement to measure the token with: the bind step needs one too and fails there, keeping
-            // the build passphrase; a rerun measures again before binding.
+        } catch (const TangError& e) {
+            // No advertisement to measure the token with. The bind step needs the same advertisements, so it
+            // would fail after the whole re-encryption: stop before writing anything instead.
+            throw TangError("seal of " + target_.describe() + ": the policy's Tang servers are needed to bind and "
+                            "one does not answer; nothing was written by this run, run it again when they answer: " +
+                            e.what(), e.code().value());
         }
     }
 
