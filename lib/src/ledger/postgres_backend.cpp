@@ -1,7 +1,8 @@
 // The ledger backend over PostgreSQL (libpq), for a build farm: many builders on many hosts share one count.
 // Each check-then-insert is one transaction holding a transaction-scoped advisory lock on the fingerprint, so
 // reservations of one key are serialised by the server (READ COMMITTED then sees every earlier commit); the
-// lease clock is the server's. Credentials never travel in the URL: libpq reads PGPASSFILE / a service file.
+// lease clock is the server's wall clock when each statement runs (never the transaction's start time).
+// Credentials never travel in the URL: libpq reads PGPASSFILE / a service file.
 #include "ledger/backend.hpp"
 
 #include <libpq-fe.h>
@@ -28,8 +29,10 @@ using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
 
 // Migration lock: one process at a time creates or migrates the schema.
 constexpr const char* kMigrationLock = "SELECT pg_advisory_xact_lock(7316372217040455)";
-// The server's clock, in Unix seconds (the transaction's start, the same for every statement in it).
-#define LEDGER_NOW "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)"
+// The server's clock, in Unix seconds, read when the statement runs: clock_timestamp(), not now() (the
+// transaction's start), because commit() and reserve() may wait on the fingerprint's advisory lock after their
+// transaction began, and a lease must be judged (and a new one dated) from the moment the lock is held.
+#define LEDGER_NOW "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS BIGINT)"
 // An instance counts while committed or while its reservation's lease lasts.
 #define LEDGER_LIVE "(state = 'committed' OR lease_expires > " LEDGER_NOW ")"
 
@@ -199,9 +202,15 @@ private:
         bool done_ = false;
     };
 
+    // libpq's message on one line ("server closed the connection unexpectedly\n\tThis probably means ...").
     std::string last_error() const {
-        std::string message = PQerrorMessage(connection_.get());
-        while (!message.empty() && (message.back() == '\n' || message.back() == ' ')) message.pop_back();
+        std::string message;
+        for (const char* c = PQerrorMessage(connection_.get()); *c != '\0'; ++c) {
+            const bool space = *c == '\n' || *c == '\t' || *c == ' ';
+            if (space && (message.empty() || message.back() == ' ')) continue;
+            message += space ? ' ' : *c;
+        }
+        while (!message.empty() && message.back() == ' ') message.pop_back();
         return message;
     }
 
@@ -213,9 +222,14 @@ private:
         const ExecStatusType status = result ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
         std::string message = std::string(what) + " " + url_ + ": " + last_error();
-        if (PQstatus(connection_.get()) == CONNECTION_BAD)
-            throw Error(ECONNRESET, "lost the connection to the " + message);
         const char* state = result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
+        // libpq may not mark the connection bad on the first failed query after the server went away: a failure
+        // the server never sent a SQLSTATE for, a connection exception (08...) or a shutdown (57P01-57P03) is a
+        // lost connection too.
+        const std::string code = state != nullptr ? state : "";
+        if (PQstatus(connection_.get()) == CONNECTION_BAD || code.empty() || code.starts_with("08") ||
+            code == "57P01" || code == "57P02" || code == "57P03")
+            throw Error(ECONNRESET, "lost the connection to the " + message);
         if (state != nullptr && (std::string(state) == "40001" || std::string(state) == "40P01"))
             throw BusyError(message);
         throw Error(EIO, message);
