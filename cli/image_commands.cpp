@@ -334,8 +334,36 @@ void register_ledger(CLI::App& app) {
             return 0;
         }
         for (const LedgerRecord& r : records)
-            std::printf("%-6lld %-9s %-16s %-20s %-8s %s\n", static_cast<long long>(r.id), r.state.c_str(),
-                        r.fingerprint.substr(0, 16).c_str(), r.time.c_str(), r.event.c_str(), r.image.c_str());
+            std::printf("%-6lld %-9s %-16s %-20s %-8s %-16s %s\n", static_cast<long long>(r.id), r.state.c_str(),
+                        r.fingerprint.substr(0, 16).c_str(), r.time.c_str(), r.event.c_str(),
+                        r.host.empty() ? "-" : r.host.c_str(), r.image.c_str());
+        return 0;
+    });
+    struct PruneOptions {
+        std::vector<std::string> dirs;
+        std::string ledger;
+        bool dry_run = false, json = false;
+    };
+    auto prune_opts = std::make_shared<PruneOptions>();
+    auto* prune = cmd->add_subcommand(
+        "prune", "Drop this host's committed records whose image in DIR does not exist (a builder killed between "
+                 "recording and publishing an image)");
+    prune->add_option("DIR", prune_opts->dirs, "Output directories whose images stay where they were made")
+        ->required();
+    prune->add_option("--ledger", prune_opts->ledger, ledger_help);
+    prune->add_flag("--dry-run", prune_opts->dry_run, "Only list what would be dropped");
+    prune->add_flag("--json", prune_opts->json, "Print the records (dropped or, with --dry-run, to drop) as JSON");
+    set_action(*prune, [prune_opts] {
+        Ledger ledger = Ledger::open(ledger_location(prune_opts->ledger, ""));
+        const std::vector<std::filesystem::path> dirs(prune_opts->dirs.begin(), prune_opts->dirs.end());
+        const std::vector<LedgerRecord> dropped = prune_ledger(ledger, dirs, prune_opts->dry_run);
+        if (prune_opts->json) {
+            print_json(ledger_records_json(dropped));
+            return 0;
+        }
+        for (const LedgerRecord& r : dropped)
+            std::printf("%s %-6lld %-16s %s\n", prune_opts->dry_run ? "would drop" : "dropped",
+                        static_cast<long long>(r.id), r.fingerprint.substr(0, 16).c_str(), r.image.c_str());
         return 0;
     });
     auto* exported = cmd->add_subcommand("export", "Every record as a JSON array (for backups and other tools)");

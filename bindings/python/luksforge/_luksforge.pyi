@@ -432,6 +432,7 @@ class LedgerRecord:
     policy_path: str
     policy_hash: str
     event: str
+    host: str
     def __init__(self, *, fingerprint: str, image: str, uuid: str = "", time: str = "", policy_path: str = "",
                  policy_hash: str = "", event: str = "") -> None: ...
     @property
@@ -440,6 +441,8 @@ class LedgerRecord:
     def state(self) -> str: ...
     @property
     def lease_expires(self) -> int: ...
+    @property
+    def max_instances(self) -> int: ...
 
 class Ledger:
     def __init__(self, path: Optional[_PathLike] = None) -> None: ...

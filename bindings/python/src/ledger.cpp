@@ -66,6 +66,8 @@ void register_ledger(py::module_& m) {
         .def_readwrite("event", &LedgerRecord::event)
         .def_readonly("state", &LedgerRecord::state)
         .def_readonly("lease_expires", &LedgerRecord::lease_expires)
+        .def_readonly("max_instances", &LedgerRecord::max_instances)
+        .def_readwrite("host", &LedgerRecord::host)
         .def("__repr__", [](const LedgerRecord& r) {
             return "LedgerRecord(id=" + std::to_string(r.id) + ", fingerprint='" + r.fingerprint + "', image='" +
                    r.image + "', event='" + r.event + "')";

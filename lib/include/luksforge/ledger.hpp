@@ -11,7 +11,9 @@
 // Making an instance is reserve() before the copy, commit() once it exists, release() when it failed. A
 // reservation holds its slot for a lease (LUKSFORGE_LEDGER_LEASE_SECONDS, default 900 s, the database's clock):
 // a builder killed mid-copy gives the slot back when the lease runs out, and a commit after that re-checks the
-// limit. The schema carries its version (table schema_version) and is migrated when a ledger is opened.
+// limit. A record names the host that made it, so `ledger prune` (prune_ledger in pipeline.hpp) gives back
+// only this host's slots whose image never appeared. The schema carries its version (table schema_version) and
+// is migrated when a ledger is opened.
 #pragma once
 
 #include <luksforge/error.hpp>
@@ -42,8 +44,10 @@ struct LedgerRecord {
     std::string policy_path;          // empty when no policy applied
     std::string policy_hash;          // SHA-256 (hex) of the policy file's bytes
     std::string event;                // "sealed", "stamped", "cloned"
+    std::string host;                 // the builder's host name (gethostname); filled in when empty
     std::string state;                // read back: "committed", "reserved", or "expired" (a lease ran out)
     std::int64_t lease_expires = 0;   // read back: Unix time a reservation's lease ends
+    std::uint64_t max_instances = 0;  // read back: the limit it was reserved under (0: recorded unconditionally)
 };
 
 class Ledger {
@@ -97,6 +101,9 @@ private:
 
 // Records as the JSON array `luksforge ledger list --json` / `ledger export` print.
 std::string ledger_records_json(const std::vector<LedgerRecord>& records);
+
+// This host's name as records carry it (gethostname).
+std::string ledger_host_name();
 
 // Current UTC time as ISO 8601 with seconds ("2026-11-29T10:57:45Z").
 std::string utc_timestamp();

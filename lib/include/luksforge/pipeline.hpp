@@ -14,6 +14,7 @@
 // deterministically; it never changes behaviour when unset.
 #pragma once
 
+#include <luksforge/ledger.hpp>
 #include <luksforge/luks.hpp>
 #include <luksforge/pin.hpp>
 
@@ -175,6 +176,18 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
 // Copy `source` to a new file `destination` (mode 0600, must not exist) keeping holes: only the data extents
 // (SEEK_DATA/SEEK_HOLE) are copied, with copy_file_range where the filesystem allows.
 void copy_sparse(const std::filesystem::path& source, const std::filesystem::path& destination);
+
+// --- ledger prune -----------------------------------------------------------------------------------------------
+
+// Give back the slots of images that were recorded but never published: a builder killed between the commit
+// and the rename (clone, stamp) leaves a committed record whose image does not exist, a leaked slot (the safe
+// failure: the limit is never exceeded). Drops (dry_run: only lists) the committed records made on this host
+// (LedgerRecord::host) whose image file lies directly in one of `dirs` and does not exist, unless a live
+// process's `.NAME.PID.partial` is in that directory (an image being made or published there). An image moved
+// or deleted on purpose loses its record too: run it only over directories images stay in. Returns the records
+// dropped.
+std::vector<LedgerRecord> prune_ledger(Ledger& ledger, const std::vector<std::filesystem::path>& dirs,
+                                       bool dry_run = false);
 
 // --- audit ----------------------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ struct sqlite3;
 namespace luksforge::detail {
 
 // The schema version this luksforge writes; older ledgers are migrated when opened.
-inline constexpr int kLedgerSchemaVersion = 2;
+inline constexpr int kLedgerSchemaVersion = 3;
 
 class LedgerBackend {
 public:
@@ -44,7 +44,7 @@ std::unique_ptr<LedgerBackend> open_postgres_backend(const std::string& url);
 // "postgresql://..." or "postgres://...".
 bool is_postgres_url(std::string_view location);
 
-// The time of a record without one: now.
+// The time of a record without one: now; its host without one: this host's name.
 void prepare_record(LedgerRecord& record);
 // FormatError unless the record has a fingerprint, an image and an event (checked right before inserting, so
 // a reservation past the limit is a LimitError whatever the record).

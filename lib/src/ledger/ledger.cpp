@@ -5,6 +5,9 @@
 #include "ledger/backend.hpp"
 #include "util/json_util.hpp"
 
+#include <unistd.h>
+
+#include <climits>
 #include <cstdlib>
 #include <ctime>
 
@@ -18,6 +21,7 @@ bool is_postgres_url(std::string_view location) {
 
 void prepare_record(LedgerRecord& record) {
     if (record.time.empty()) record.time = utc_timestamp();
+    if (record.host.empty()) record.host = ledger_host_name();
 }
 
 void require_complete(const LedgerRecord& record) {
@@ -49,6 +53,12 @@ std::int64_t lease_from_environment() {
 }
 
 }  // namespace
+
+std::string ledger_host_name() {
+    char name[HOST_NAME_MAX + 1] = {};
+    if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "localhost";
+    return name;
+}
 
 std::string utc_timestamp() {
     std::time_t now = std::time(nullptr);
@@ -136,6 +146,8 @@ std::string ledger_records_json(const std::vector<LedgerRecord>& records) {
         json_object_set_new(o, "lease_expires", r.state == "committed" ? json_null() : json_integer(r.lease_expires));
         json_object_set_new(o, "policy_path", json_string(r.policy_path.c_str()));
         json_object_set_new(o, "policy_hash", json_string(r.policy_hash.c_str()));
+        json_object_set_new(o, "host", json_string(r.host.c_str()));
+        json_object_set_new(o, "max_instances", json_integer(static_cast<json_int_t>(r.max_instances)));
         json_array_append_new(array.get(), o);
     }
     return detail::json_dump(array.get(), JSON_INDENT(2) | JSON_PRESERVE_ORDER);

@@ -56,6 +56,9 @@ ALTER TABLE instances ADD COLUMN state TEXT NOT NULL DEFAULT 'committed';
 ALTER TABLE instances ADD COLUMN lease_expires BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE instances ADD COLUMN max_instances BIGINT NOT NULL DEFAULT 0;
 )sql",
+    R"sql(
+ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+)sql",
 };
 static_assert(std::size(migrations) == kLedgerSchemaVersion);
 
@@ -158,8 +161,8 @@ public:
     std::vector<LedgerRecord> records(const std::optional<std::string>& fingerprint) override {
 #define LEDGER_COLUMNS                                                                                               \
     "SELECT id, fingerprint, image, uuid, \"time\", policy_path, policy_hash, event, CASE WHEN state = 'committed' " \
-    "THEN 'committed' WHEN lease_expires > " LEDGER_NOW " THEN 'reserved' ELSE 'expired' END, lease_expires "        \
-    "FROM instances "
+    "THEN 'committed' WHEN lease_expires > " LEDGER_NOW " THEN 'reserved' ELSE 'expired' END, lease_expires, "        \
+    "max_instances, host FROM instances "
         ResultPtr result = fingerprint ? run(LEDGER_COLUMNS "WHERE fingerprint = $1 ORDER BY id", {*fingerprint}, "ledger")
                                        : run(LEDGER_COLUMNS "ORDER BY id", {}, "ledger");
 #undef LEDGER_COLUMNS
@@ -177,6 +180,8 @@ public:
             r.event = text(7);
             r.state = text(8);
             r.lease_expires = std::stoll(text(9));
+            r.max_instances = std::stoull(text(10));
+            r.host = text(11);
             out.push_back(std::move(r));
         }
         return out;
@@ -262,11 +267,11 @@ private:
         require_complete(record);
         ResultPtr result = run(
             "INSERT INTO instances (fingerprint, image, uuid, \"time\", policy_path, policy_hash, event, state, "
-            "lease_expires, max_instances) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " LEDGER_NOW " + $9::bigint, "
-            "$10::bigint) RETURNING id",
+            "lease_expires, max_instances, host) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, " LEDGER_NOW " + $9::bigint, "
+            "$10::bigint, $11) RETURNING id",
             {record.fingerprint, record.image, record.uuid, record.time, record.policy_path, record.policy_hash,
              record.event, reserved ? "reserved" : "committed", std::to_string(reserved ? lease_seconds : 0),
-             std::to_string(max_instances)},
+             std::to_string(max_instances), record.host},
             "ledger insert");
         record.id = std::stoll(PQgetvalue(result.get(), 0, 0));
         return record.id;

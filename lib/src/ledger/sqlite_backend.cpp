@@ -130,6 +130,10 @@ ALTER TABLE instances ADD COLUMN state TEXT NOT NULL DEFAULT 'committed';
 ALTER TABLE instances ADD COLUMN lease_expires INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE instances ADD COLUMN max_instances INTEGER NOT NULL DEFAULT 0;
 )sql",
+    // 3: the host that made a record (records from before it have ''), so a host prunes only its own.
+    R"sql(
+ALTER TABLE instances ADD COLUMN host TEXT NOT NULL DEFAULT '';
+)sql",
 };
 static_assert(std::size(migrations) == kLedgerSchemaVersion);
 
@@ -183,13 +187,14 @@ std::int64_t insert(sqlite3* db, LedgerRecord& record, bool reserved, std::int64
     require_complete(record);
     Statement insert(db,
                      "INSERT INTO instances (fingerprint, image, uuid, time, policy_path, policy_hash, event, state, "
-                     "lease_expires, max_instances) "
-                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, " LEDGER_NOW " + ?9, ?10)");
+                     "lease_expires, max_instances, host) "
+                     "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, " LEDGER_NOW " + ?9, ?10, ?11)");
     insert.bind(1, record.fingerprint).bind(2, record.image).bind(3, record.uuid).bind(4, record.time);
     insert.bind(5, record.policy_path).bind(6, record.policy_hash).bind(7, record.event);
     insert.bind(8, std::string(reserved ? "reserved" : "committed"));
     insert.bind(9, reserved ? lease_seconds : std::int64_t{0});
     insert.bind(10, static_cast<std::int64_t>(max_instances));
+    insert.bind(11, record.host);
     insert.step();
     record.id = sqlite3_last_insert_rowid(db);
     return record.id;
@@ -263,8 +268,8 @@ public:
     std::vector<LedgerRecord> records(const std::optional<std::string>& fingerprint) override {
 #define LEDGER_COLUMNS                                                                                           \
     "SELECT id, fingerprint, image, uuid, time, policy_path, policy_hash, event, CASE WHEN state = 'committed' " \
-    "THEN 'committed' WHEN lease_expires > " LEDGER_NOW " THEN 'reserved' ELSE 'expired' END, lease_expires "    \
-    "FROM instances "
+    "THEN 'committed' WHEN lease_expires > " LEDGER_NOW " THEN 'reserved' ELSE 'expired' END, lease_expires, "    \
+    "max_instances, host FROM instances "
         Statement query(db_.get(), fingerprint ? LEDGER_COLUMNS "WHERE fingerprint = ?1 ORDER BY id"
                                                : LEDGER_COLUMNS "ORDER BY id");
 #undef LEDGER_COLUMNS
@@ -282,6 +287,8 @@ public:
             r.event = query.text(7);
             r.state = query.text(8);
             r.lease_expires = query.integer(9);
+            r.max_instances = static_cast<std::uint64_t>(query.integer(10));
+            r.host = query.text(11);
             result.push_back(std::move(r));
         }
         return result;

@@ -1,5 +1,5 @@
 // clone: a plain sparse copy that keeps the volume key, reserved in the ledger against the policy's limit
-// before the copy and released when it fails.
+// before the copy and released when it fails; stale partial copies of killed clones are removed first.
 #include "pipeline/pipeline_internal.hpp"
 
 #include <luksforge/error.hpp>
@@ -30,6 +30,9 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
         instance.fingerprint = volume.fingerprint();
         instance.uuid = volume.inspect().uuid;
     }
+    const std::filesystem::path out_dir = out.parent_path().empty() ? std::filesystem::path(".") : out.parent_path();
+    // A clone killed mid-copy left its `.OUT.PID.partial`: a full copy of the volume key under no name.
+    detail::remove_stale_partials(out_dir);
     std::optional<Ledger> ledger;
     std::optional<std::int64_t> reservation;
     if (options.ledger) {
@@ -54,8 +57,11 @@ StampedInstance clone_image(const std::filesystem::path& base, const std::filesy
             copy_sparse(base, partial);
         }
         detail::crash_point("clone-copied");
-        // Committed before the image appears under its name: there is never a published, unrecorded copy.
+        // Committed before the image appears under its name: there is never a published, unrecorded copy. A
+        // builder killed between the two leaks the slot (the limit is never exceeded); `luksforge ledger prune`
+        // gives it back (prune_ledger: a committed record of this host, no image, no live partial beside it).
         if (reservation) ledger->commit(*reservation);
+        detail::crash_point("clone-committed");
         rename_no_replace(partial, out);
         temporary.dismiss();
         fsync_directory(out.parent_path());

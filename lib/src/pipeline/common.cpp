@@ -3,6 +3,8 @@
 #include "pipeline/pipeline_internal.hpp"
 
 #include <luksforge/error.hpp>
+#include <luksforge/ledger.hpp>
+#include <luksforge/pipeline.hpp>
 
 #include "util/digest.hpp"
 
@@ -112,27 +114,82 @@ void rename_no_replace(const std::filesystem::path& from, const std::filesystem:
     throw Error(errno, "cannot rename " + from.string() + " to " + to.string() + ": " + std::strerror(errno));
 }
 
+namespace {
+
+// The process that writes a hidden `.NAME.PID.partial` file; none for other names.
+std::optional<pid_t> partial_writer(const std::string& name) {
+    if (!name.starts_with(".") || !name.ends_with(".partial")) return std::nullopt;
+    const std::string rest = name.substr(0, name.size() - 8);
+    const std::size_t dot = rest.rfind('.');
+    if (dot == std::string::npos) return std::nullopt;
+    const std::string pid_text = rest.substr(dot + 1);
+    if (pid_text.empty() || pid_text.size() > 9 ||
+        !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return std::nullopt;
+    return static_cast<pid_t>(std::stol(pid_text));
+}
+
+bool process_gone(pid_t pid) { return ::kill(pid, 0) != 0 && errno == ESRCH; }
+
+// A `.NAME.PID.partial` in `dir` whose process lives: an image is being made (or published) there.
+bool live_partials(const std::filesystem::path& dir) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+        if (auto pid = partial_writer(entry.path().filename().string()); pid && !process_gone(*pid)) return true;
+    return false;
+}
+
+// The file of a ledger image name ("/path/disk.img partition 2" → "/path/disk.img").
+std::filesystem::path ledger_image_file(const std::string& image) {
+    const std::size_t at = image.rfind(" partition ");
+    if (at == std::string::npos) return image;
+    const std::string number = image.substr(at + 11);
+    if (number.empty() || !std::all_of(number.begin(), number.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return image;
+    return image.substr(0, at);
+}
+
+}  // namespace
+
 // Hidden `.NAME.PID.partial` files whose process is gone (killed mid-instance).
 void remove_stale_partials(const std::filesystem::path& dir) {
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-        const std::string name = entry.path().filename().string();
-        if (!name.starts_with(".") || !name.ends_with(".partial")) continue;
-        const std::string rest = name.substr(0, name.size() - 8);
-        const std::size_t dot = rest.rfind('.');
-        if (dot == std::string::npos) continue;
-        const std::string pid_text = rest.substr(dot + 1);
-        if (pid_text.empty() || !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
-            continue;
-        const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-        if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(entry.path().c_str());
-    }
+    for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+        if (auto pid = partial_writer(entry.path().filename().string()); pid && process_gone(*pid))
+            ::unlink(entry.path().c_str());
 }
 
 }  // namespace detail
 
 using detail::absolute_string;
 using detail::sha256_hex;
+
+// --- ledger prune -----------------------------------------------------------------------------------------------
+
+std::vector<LedgerRecord> prune_ledger(Ledger& ledger, const std::vector<std::filesystem::path>& dirs, bool dry_run) {
+    if (dirs.empty()) throw FormatError("ledger prune needs at least one directory");
+    std::vector<std::filesystem::path> wanted;
+    for (const auto& dir : dirs) wanted.emplace_back(absolute_string(dir));
+    const std::string host = ledger_host_name();
+    std::vector<LedgerRecord> dropped;
+    for (const LedgerRecord& r : ledger.records()) {
+        // Only what this host committed: another builder's image of the same path is on its own disk, and a
+        // reservation comes back by itself when its lease ends.
+        if (r.state != "committed" || r.host != host) continue;
+        const std::filesystem::path file = detail::ledger_image_file(r.image);
+        const std::filesystem::path dir = file.parent_path();
+        if (std::find(wanted.begin(), wanted.end(), dir) == wanted.end()) continue;
+        // A live writer's partial first, then the image: a builder commits while its partial exists and renames
+        // it into place afterwards, so a record seen committed with neither is one whose builder died between.
+        if (detail::live_partials(dir)) continue;
+        std::error_code ec;
+        const auto status = std::filesystem::symlink_status(file, ec);
+        if (status.type() != std::filesystem::file_type::not_found) continue;
+        if (!dry_run) ledger.release(r.id);
+        dropped.push_back(r);
+    }
+    return dropped;
+}
 
 // --- policy source ----------------------------------------------------------------------------------------------
 
