@@ -274,13 +274,16 @@ void register_audit(CLI::App& app) {
     auto opts = std::make_shared<Options>();
     auto* cmd = app.add_subcommand(
         "audit", "Group images and devices by volume-key fingerprint and flag keys shared beyond the limit");
-    cmd->add_option("PATH", opts->paths, "Image files, block devices or directories (their files are scanned)")
-        ->required();
+    cmd->add_option("PATH", opts->paths,
+                    "Image files, block devices or directories (their files are scanned); none with --ledger: "
+                    "the ledger's shared keys alone");
     cmd->add_flag("--json", opts->json, "Print JSON");
     cmd->add_option("--max-per-key", opts->max_per_key, "Images allowed per volume key (default 1, or the policy's)")
         ->check(CLI::PositiveNumber);
     cmd->add_option("--policy", opts->policy, "Take the limit from this policy's max_instances_per_key");
-    cmd->add_option("--ledger", opts->ledger, "Show what this ledger (file or postgresql:// URL) recorded for each key");
+    cmd->add_option("--ledger", opts->ledger,
+                    "Show what this ledger (file or postgresql:// URL) recorded for each key, and every key it "
+                    "records more than once (all builders of a farm), scanned here or not");
     cmd->add_flag("-r,--recursive", opts->recursive, "Descend into subdirectories");
     cmd->add_option("--tang-key-dir", opts->tang_key_dirs,
                     "Host Tang key directory whose private keys bindings must not trust from the same place "
@@ -299,6 +302,8 @@ void register_audit(CLI::App& app) {
         options.scan_tang_keys = !opts->no_tang_keys;
         if (!opts->tang_key_dirs.empty())
             options.tang_key_dirs.assign(opts->tang_key_dirs.begin(), opts->tang_key_dirs.end());
+        if (opts->paths.empty() && opts->ledger.empty())
+            throw FormatError("audit needs a PATH, or --ledger for the ledger's shared keys");
         std::vector<std::filesystem::path> paths(opts->paths.begin(), opts->paths.end());
         AuditReport report = audit(paths, options);
         if (opts->json)

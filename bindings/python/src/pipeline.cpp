@@ -133,6 +133,7 @@ void register_pipeline(py::module_& m) {
         .def_readonly("members", &AuditGroup::members)
         .def_readonly("flagged", &AuditGroup::flagged)
         .def_readonly("ledger_instances", &AuditGroup::ledger_instances)
+        .def_readonly("ledger_max_instances", &AuditGroup::ledger_max_instances)
         .def_readonly("ledger_images", &AuditGroup::ledger_images);
     py::class_<FoundTangKey>(m, "FoundTangKey", "A private JWK in a scanned image or a host Tang key directory.")
         .def_readonly("location", &FoundTangKey::location)

@@ -193,7 +193,9 @@ std::vector<LedgerRecord> prune_ledger(Ledger& ledger, const std::vector<std::fi
 
 struct AuditOptions {
     std::uint64_t max_per_key = 1;
-    std::optional<std::filesystem::path> ledger;      // annotate each key with what the ledger knows
+    // Annotate each key with what the ledger knows, and report the keys it counts more than once that no scanned
+    // path holds (with no paths at all: every shared key of the ledger).
+    std::optional<std::filesystem::path> ledger;
     bool recursive = false;                           // descend into subdirectories
     // Tang kept apart from the data: scan the plaintext partitions (and unpartitioned non-LUKS images) for
     // private JWKs (a "d" member), and compare every tang binding's trusted keys with them and with the private
@@ -231,12 +233,16 @@ struct AuditedVolume {
     std::string fingerprint;
 };
 
+// One volume key. With a ledger, a key no scanned path holds is a group too (members empty) when the ledger
+// counts more than one instance of it: the farm-wide view of keys other builders recorded.
 struct AuditGroup {
     std::string fingerprint;
-    std::vector<AuditedVolume> members;
-    bool flagged = false;                             // members.size() > max_per_key
-    std::optional<std::uint64_t> ledger_instances;    // distinct images the ledger recorded with this key
-    std::vector<std::string> ledger_images;
+    std::vector<AuditedVolume> members;               // scanned images with this key (empty: only in the ledger)
+    // members.size() or ledger_instances above max_per_key, or ledger_instances above ledger_max_instances
+    bool flagged = false;
+    std::optional<std::uint64_t> ledger_instances;    // distinct live images the ledger recorded with this key
+    std::optional<std::uint64_t> ledger_max_instances;  // the smallest limit its reservations were made under
+    std::vector<std::string> ledger_images;           // the images the ledger recorded (live ones, distinct)
 };
 
 struct AuditReport {
@@ -251,7 +257,8 @@ struct AuditReport {
     std::string to_text() const;
 };
 
-// Each path is an image file, a block device or a directory (its regular files are scanned).
+// Each path is an image file, a block device or a directory (its regular files are scanned). `paths` may be
+// empty when options.ledger is set: the report is then the ledger's shared keys alone.
 AuditReport audit(const std::vector<std::filesystem::path>& paths, const AuditOptions& options);
 
 }  // namespace luksforge

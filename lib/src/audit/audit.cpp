@@ -211,7 +211,7 @@ std::string describe(const AuditedVolume& v) {
 }  // namespace
 
 AuditReport audit(const std::vector<std::filesystem::path>& paths, const AuditOptions& options) {
-    if (paths.empty()) throw FormatError("audit needs at least one path");
+    if (paths.empty() && !options.ledger) throw FormatError("audit needs at least one path or a ledger");
     AuditReport report;
     report.max_per_key = options.max_per_key;
     Scan scan{options, report, {}};
@@ -249,20 +249,48 @@ AuditReport audit(const std::vector<std::filesystem::path>& paths, const AuditOp
             }))
             group.members.push_back(v);
     }
-    std::optional<Ledger> ledger;
-    if (options.ledger) ledger = Ledger::open(*options.ledger);
-    for (auto& [fingerprint, group] : groups) {
-        group.flagged = group.members.size() > options.max_per_key;
-        if (ledger) {
-            group.ledger_instances = ledger->count_instances(fingerprint);
-            for (const LedgerRecord& r : ledger->records(fingerprint))
-                if (std::find(group.ledger_images.begin(), group.ledger_images.end(), r.image) == group.ledger_images.end())
-                    group.ledger_images.push_back(r.image);
+    if (options.ledger) {
+        // The whole farm's view: every record of the ledger, not only the keys found here. A key is shared when
+        // more than one distinct image counts for it (committed, or reserved under a live lease).
+        Ledger ledger = Ledger::open(*options.ledger);
+        std::map<std::string, AuditGroup> recorded;
+        for (const LedgerRecord& r : ledger.records()) {
+            AuditGroup& group = recorded[r.fingerprint];
+            group.fingerprint = r.fingerprint;
+            if (!group.ledger_instances) group.ledger_instances = 0;
+            if (r.max_instances > 0 && (!group.ledger_max_instances || r.max_instances < *group.ledger_max_instances))
+                group.ledger_max_instances = r.max_instances;
+            if (r.state == "expired") continue;
+            auto& images = group.ledger_images;
+            if (std::find(images.begin(), images.end(), r.image) == images.end()) {
+                images.push_back(r.image);
+                ++*group.ledger_instances;
+            }
         }
+        for (auto& [fingerprint, group] : groups) {
+            group.ledger_instances = 0;
+            if (auto found = recorded.find(fingerprint); found != recorded.end()) {
+                group.ledger_instances = found->second.ledger_instances;
+                group.ledger_max_instances = found->second.ledger_max_instances;
+                group.ledger_images = std::move(found->second.ledger_images);
+                recorded.erase(found);
+            }
+        }
+        // Keys no scanned path holds (recorded by other builders, or every key when no path was given).
+        for (auto& [fingerprint, group] : recorded)
+            if (group.ledger_instances.value_or(0) > 1) groups.emplace(fingerprint, std::move(group));
+    }
+    for (auto& [fingerprint, group] : groups) {
+        const std::uint64_t recorded = group.ledger_instances.value_or(0);
+        group.flagged = group.members.size() > options.max_per_key || recorded > options.max_per_key ||
+                        (group.ledger_max_instances && recorded > *group.ledger_max_instances);
         report.groups.push_back(std::move(group));
     }
+    const auto size = [](const AuditGroup& g) {
+        return std::max<std::uint64_t>(g.members.size(), g.ledger_instances.value_or(0));
+    };
     std::stable_sort(report.groups.begin(), report.groups.end(),
-                     [](const AuditGroup& a, const AuditGroup& b) { return a.members.size() > b.members.size(); });
+                     [&](const AuditGroup& a, const AuditGroup& b) { return size(a) > size(b); });
     return report;
 }
 
@@ -292,6 +320,9 @@ std::string AuditReport::to_json() const {
             json_t* images = json_array();
             for (const auto& image : g.ledger_images) json_array_append_new(images, json_string(image.c_str()));
             json_object_set_new(ledger, "images", images);
+            json_object_set_new(ledger, "max_instances",
+                                g.ledger_max_instances ? json_integer(static_cast<json_int_t>(*g.ledger_max_instances))
+                                                       : json_null());
             json_object_set_new(o, "ledger", ledger);
         }
         json_array_append_new(group_list, o);
@@ -341,9 +372,15 @@ std::string AuditReport::to_text() const {
     for (const AuditGroup& g : groups) {
         out << (g.flagged ? "SHARED " : "ok     ") << g.fingerprint.substr(0, 16) << "  " << g.members.size()
             << (g.members.size() == 1 ? " image" : " images");
-        if (g.ledger_instances) out << " (ledger: " << *g.ledger_instances << ")";
+        if (g.ledger_instances) {
+            out << " (ledger: " << *g.ledger_instances;
+            if (g.ledger_max_instances) out << ", reserved under a limit of " << *g.ledger_max_instances;
+            out << ")";
+        }
         out << "\n";
         for (const AuditedVolume& v : g.members) out << "         " << describe(v) << "\n";
+        if (g.members.empty())
+            for (const std::string& image : g.ledger_images) out << "         ledger: " << image << "\n";
     }
     for (const auto& [path, reason] : skipped) out << "skipped " << path << ": " << reason << "\n";
     for (const FoundTangKey& k : tang_keys_in_images)
