@@ -380,6 +380,80 @@ TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlo
     CHECK(run({"clevis", "luks", "pass", "-d", dev.string(), "-s", "1"}).exit_code == 0);
 }
 
+// ---- issue 18 audit follow-up: LUKS1 volumes are audited, luksmeta bindings included -----------------------
+
+namespace {
+
+json_t* load_json(const std::string& text) {
+    json_error_t error;
+    json_t* root = json_loads(text.c_str(), 0, &error);
+    REQUIRE_MESSAGE(root != nullptr, text);
+    return root;
+}
+
+std::string str(const json_t* object, const char* key) {
+    const json_t* v = json_object_get(object, key);
+    return json_is_string(v) ? json_string_value(v) : std::string();
+}
+
+}  // namespace
+
+TEST_CASE("audit on LUKS1 bound by stock clevis (luksmeta): listed with its binding, copies share one key") {
+    TangServer tang;
+    TempDir dir;
+    const fs::path fleet = dir / "fleet";
+    fs::create_directory(fleet);
+    const fs::path dev = fleet / "luks1-a.img";
+    const fs::path copy = fleet / "luks1-b.img";
+    const fs::path pass = dir / "pass";
+    make_sparse_file(dev, 32 * kMiB);
+    write_file(pass, kDefaultPass);
+    run_ok({"cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
+            dev.string(), "--key-file", pass.string()});
+    REQUIRE(run({"clevis", "luks", "bind", "-f", "-y", "-d", dev.string(), "-k", pass.string(), "tang",
+                 R"({"url":")" + tang.url() + R"("})"})
+                .exit_code == 0);
+    run_ok({"cp", "--sparse=always", dev.string(), copy.string()});
+
+    const RunResult r = run_cli({"audit", fleet.string(), "--json", "--tang-key-dir", (dir / "none").string()});
+    REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+    json_t* report = load_json(r.out);
+    CHECK_MESSAGE(json_array_size(json_object_get(report, "skipped")) == 0, r.out);
+    CHECK(json_integer_value(json_object_get(report, "volumes_scanned")) == 2);
+    CHECK(json_integer_value(json_object_get(report, "distinct_keys")) == 1);
+    const json_t* group = json_array_get(json_object_get(report, "groups"), 0);
+    CHECK(json_integer_value(json_object_get(group, "count")) == 2);
+    CHECK(json_is_true(json_object_get(group, "flagged")));  // two images, one key: over the default limit of 1
+    const std::string fingerprint = str(group, "fingerprint");
+    CHECK(fingerprint.size() == 64);
+    std::size_t i;
+    json_t* member;
+    json_array_foreach(json_object_get(group, "members"), i, member) {
+        CAPTURE(str(member, "image"));
+        CHECK(json_integer_value(json_object_get(member, "luks_version")) == 1);
+        const json_t* bindings = json_object_get(member, "clevis");
+        REQUIRE(json_array_size(bindings) == 1);
+        const json_t* binding = json_array_get(bindings, 0);
+        CHECK(json_integer_value(json_object_get(binding, "keyslot")) == 1);
+        CHECK(str(binding, "pin") == "tang");
+        CHECK(str(binding, "config") == R"({"url":")" + tang.url() + R"("})");
+    }
+    json_decref(report);
+
+    const RunResult text = run_cli({"audit", fleet.string(), "--tang-key-dir", (dir / "none").string()});
+    CHECK(text.out.find("SHARED " + fingerprint.substr(0, 16)) != std::string::npos);
+    CHECK_MESSAGE(text.out.find(dev.string() + " (LUKS1)\n           clevis 1: tang '{\"url\":\"" + tang.url() +
+                                "\"}'") != std::string::npos,
+                  text.out);
+    CHECK(text.out.find("skipped") == std::string::npos);
+
+    // The LUKS1 fingerprint is the one the volume keeps once converted to LUKS2 (docs/cli.md).
+    REQUIRE(run({"clevis", "luks", "unbind", "-f", "-d", copy.string(), "-s", "1"}).exit_code == 0);
+    REQUIRE(run({"luksmeta", "nuke", "-f", "-d", copy.string()}).exit_code == 0);
+    REQUIRE(run({"cryptsetup", "convert", "--batch-mode", "--type", "luks2", copy.string()}).exit_code == 0);
+    CHECK(json_field(run_cli({"inspect", copy.string(), "--json"}).out, "fingerprint") == fingerprint);
+}
+
 // ---- issue 18, item 1: Tang URLs without a scheme mean http, as curl (and so Clevis) reads them -------------
 
 TEST_CASE("scheme-less Tang URLs (host:port) both ways: luksforge binds them, and opens Clevis's") {

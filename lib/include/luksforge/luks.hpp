@@ -84,7 +84,9 @@ struct Inspection {
     // Identifies the volume key without revealing it: SHA-256 over the public LUKS2 digest object (type,
     // hash, iterations, salt, digest). Clones of one image share it; two volumes with different volume keys
     // never do. (Re-using one key in a second, separately formatted header gives another fingerprint: the
-    // digest salt differs. Clones — the case that matters for NBDE — are always caught.)
+    // digest salt differs. Clones — the case that matters for NBDE — are always caught.) LUKS1: the same over
+    // the header's master-key digest (mk-digest, its salt and iterations, hash-spec) written as the LUKS2 digest
+    // object `cryptsetup convert` makes of it, so a volume keeps its fingerprint when converted.
     std::string fingerprint;          // lowercase hex, 64 characters
 
     std::string to_json() const;      // the `luksforge inspect --json` object

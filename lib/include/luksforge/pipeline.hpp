@@ -225,12 +225,21 @@ struct TangKeyExposure {
     bool same_image = false;                          // the key is inside the image the binding is on
 };
 
+// A Clevis binding of an audited volume: a LUKS2 token, or on LUKS1 a luksmeta slot.
+struct AuditedBinding {
+    int keyslot = -1;
+    std::string pin;                                  // empty when unreadable (problem says why)
+    std::string config;                               // as `clevis luks list` shows it
+    std::string problem;
+};
+
 struct AuditedVolume {
     std::string image;
     std::optional<int> partition;
     int luks_version = 2;
     std::string uuid;
     std::string fingerprint;
+    std::vector<AuditedBinding> clevis;               // ordered by keyslot
 };
 
 // One volume key. With a ledger, a key no scanned path holds is a group too (members empty) when the ledger

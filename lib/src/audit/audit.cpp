@@ -76,13 +76,21 @@ void scan_plaintext(const std::filesystem::path& path, const ImageProbe& probe, 
     }
 }
 
-void record_bindings(const std::filesystem::path& path, const LuksTarget& target, const Volume& volume, Scan& scan) {
+// The volume's Clevis bindings (LUKS2 tokens, LUKS1 luksmeta slots) into `audited`, and, when scanning for Tang
+// keys, the keys each trusts.
+void record_bindings(const std::filesystem::path& path, const LuksTarget& target, const Volume& volume,
+                     AuditedVolume& audited, Scan& scan) {
     std::vector<clevis::Binding> bindings;
     try {
         bindings = clevis::list(volume);
-    } catch (const Error&) {
-        return;  // no readable tokens: nothing trusted to compare
+    } catch (const Error& e) {
+        // No readable tokens or luksmeta header: nothing trusted to compare.
+        audited.clevis.push_back({-1, "", "", std::string("Clevis bindings unreadable: ") + e.what()});
+        return;
     }
+    for (const clevis::Binding& binding : bindings)
+        audited.clevis.push_back({binding.keyslot, binding.pin, binding.config, binding.problem});
+    if (!scan.options.scan_tang_keys) return;
     for (const clevis::Binding& binding : bindings) {
         if (binding.jwe.empty()) continue;
         BindingTrust trust{absolute_string(path), target.describe(), binding.keyslot,
@@ -158,8 +166,8 @@ void audit_image(const std::filesystem::path& path, Scan& scan) {
             audited.luks_version = versions[i];
             audited.fingerprint = volume->fingerprint();
             audited.uuid = volume->inspect().uuid;
+            record_bindings(path, targets[i], *volume, audited, scan);
             report.volumes.push_back(std::move(audited));
-            if (scan.options.scan_tang_keys) record_bindings(path, targets[i], *volume, scan);
         } catch (const Error& e) {
             report.skipped.emplace_back(targets[i].describe(), e.what());
         }
@@ -201,6 +209,16 @@ json_t* volume_json(const AuditedVolume& v) {
     json_object_set_new(o, "luks_version", json_integer(v.luks_version));
     json_object_set_new(o, "uuid", json_string(v.uuid.c_str()));
     json_object_set_new(o, "fingerprint", json_string(v.fingerprint.c_str()));
+    json_t* bindings = json_array();
+    for (const AuditedBinding& b : v.clevis) {
+        json_t* binding = json_object();
+        json_object_set_new(binding, "keyslot", b.keyslot >= 0 ? json_integer(b.keyslot) : json_null());
+        json_object_set_new(binding, "pin", json_string(b.pin.c_str()));
+        json_object_set_new(binding, "config", json_string(b.config.c_str()));
+        if (!b.problem.empty()) json_object_set_new(binding, "problem", json_string(b.problem.c_str()));
+        json_array_append_new(bindings, binding);
+    }
+    json_object_set_new(o, "clevis", bindings);
     return o;
 }
 
@@ -378,7 +396,17 @@ std::string AuditReport::to_text() const {
             out << ")";
         }
         out << "\n";
-        for (const AuditedVolume& v : g.members) out << "         " << describe(v) << "\n";
+        for (const AuditedVolume& v : g.members) {
+            out << "         " << describe(v) << (v.luks_version == 1 ? " (LUKS1)" : "") << "\n";
+            for (const AuditedBinding& b : v.clevis) {
+                out << "           clevis ";
+                if (!b.problem.empty())
+                    out << (b.keyslot >= 0 ? std::to_string(b.keyslot) + ": " : "") << "unreadable: " << b.problem;
+                else
+                    out << b.keyslot << ": " << b.pin << " '" << b.config << "'";
+                out << "\n";
+            }
+        }
         if (g.members.empty())
             for (const std::string& image : g.ledger_images) out << "         ledger: " << image << "\n";
     }

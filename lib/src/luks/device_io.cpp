@@ -1,6 +1,9 @@
-// Direct reads of a volume's device, without libcryptsetup: its type and size, raw bytes, the LUKS magic and
-// the primary LUKS2 JSON header (used for the fingerprint, and to tell "not LUKS" from a damaged header).
+// Direct reads of a volume's device, without libcryptsetup: its type and size, raw bytes, the LUKS magic, the
+// primary LUKS2 JSON header (used for the fingerprint, and to tell "not LUKS" from a damaged header) and the
+// LUKS1 master-key digest (the LUKS1 fingerprint).
 #include "luks/volume_internal.hpp"
+
+#include "util/digest.hpp"
 
 #include <fcntl.h>
 #include <linux/fs.h>
@@ -89,6 +92,26 @@ JsonPtr read_luks2_json(const std::filesystem::path& device) {
     std::string text = read_bytes(device, 4096, static_cast<std::size_t>(hdr_size - 4096));
     text.resize(std::strlen(text.c_str()));
     return json_parse(text, "LUKS2 header of " + device.string());
+}
+
+// LUKS1 phdr: magic (6), version (2), cipher-name (32), cipher-mode (32), hash-spec (32) at 72, payload-offset
+// (4), key-bytes (4), mk-digest (20) at 112, mk-digest-salt (32) at 132, mk-digest-iter (4, big-endian) at 164.
+JsonPtr read_luks1_digest(const std::filesystem::path& device) {
+    const std::string binary = read_bytes(device, 0, 592);
+    if (binary.size() < 592 || !has_luks_magic(device)) throw FormatError(device.string() + " is not a LUKS volume");
+    const auto byte = [&](std::size_t i) { return static_cast<std::uint32_t>(static_cast<unsigned char>(binary[i])); };
+    if (((byte(6) << 8) | byte(7)) != 1) throw FormatError(device.string() + " is not LUKS1");
+    const std::string hash(binary.data() + 72, strnlen(binary.data() + 72, 32));
+    const std::uint32_t iterations = (byte(164) << 24) | (byte(165) << 16) | (byte(166) << 8) | byte(167);
+    if (hash.empty() || iterations == 0)
+        throw FormatError("LUKS1 header of " + device.string() + " has no master-key digest");
+    JsonPtr digest = json_take(json_object());
+    json_object_set_new(digest.get(), "type", json_string("pbkdf2"));
+    json_object_set_new(digest.get(), "hash", json_stringn(hash.data(), hash.size()));
+    json_object_set_new(digest.get(), "iterations", json_integer(iterations));
+    json_object_set_new(digest.get(), "salt", json_string(base64(std::string_view(binary).substr(132, 32)).c_str()));
+    json_object_set_new(digest.get(), "digest", json_string(base64(std::string_view(binary).substr(112, 20)).c_str()));
+    return digest;
 }
 
 }  // namespace luksforge::detail

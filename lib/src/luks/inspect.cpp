@@ -38,8 +38,22 @@ bool is_backup_segment(const json_t* segment) {
     return false;
 }
 
-// SHA-256 over a canonical (sorted-key, compact) JSON array of the public digest objects bound to the data
-// segments in use. The digest's salt and value are public header data, but equal only for the same key.
+// SHA-256 over a canonical (sorted-key, compact) JSON array of public digest objects (their type, hash,
+// iterations, salt and digest only).
+std::string fingerprint_of_digests(const std::vector<const json_t*>& digests) {
+    JsonPtr canonical = detail::json_take(json_array());
+    for (const json_t* digest : digests) {
+        JsonPtr object = detail::json_take(json_object());
+        for (const char* field : {"type", "hash", "iterations", "salt", "digest"}) {
+            if (json_t* v = json_object_get(digest, field)) json_object_set(object.get(), field, v);
+        }
+        json_array_append(canonical.get(), object.get());
+    }
+    return sha256_hex(detail::json_dump(canonical.get(), JSON_COMPACT | JSON_SORT_KEYS));
+}
+
+// The fingerprint of a LUKS2 header: over the public digest objects bound to the data segments in use. The
+// digest's salt and value are public header data, but equal only for the same key.
 std::string fingerprint_of(const json_t* header) {
     const json_t* segments = json_object_get(header, "segments");
     const json_t* digests = json_object_get(header, "digests");
@@ -64,15 +78,9 @@ std::string fingerprint_of(const json_t* header) {
     }
     if (bound.empty()) throw FormatError("LUKS2 header has no digest bound to a data segment");
     std::sort(bound.begin(), bound.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    JsonPtr canonical = detail::json_take(json_array());
-    for (const auto& [id, digest] : bound) {
-        JsonPtr object = detail::json_take(json_object());
-        for (const char* field : {"type", "hash", "iterations", "salt", "digest"}) {
-            if (json_t* v = json_object_get(digest, field)) json_object_set(object.get(), field, v);
-        }
-        json_array_append(canonical.get(), object.get());
-    }
-    return sha256_hex(detail::json_dump(canonical.get(), JSON_COMPACT | JSON_SORT_KEYS));
+    std::vector<const json_t*> ordered;
+    for (const auto& [id, digest] : bound) ordered.push_back(digest);
+    return fingerprint_of_digests(ordered);
 }
 
 // A NUL-padded text field of the primary LUKS2 binary header: label (48 bytes at 24) or subsystem (48 at 208).
@@ -90,6 +98,12 @@ std::string binary_header_text(const std::string& binary, std::size_t offset) {
 
 std::string Volume::fingerprint() const {
     auto guard = cryptsetup_guard();
+    if (luks_version() == 1) {
+        // LUKS1: the header's one master-key digest, as the LUKS2 digest object `cryptsetup convert` makes of it,
+        // so a volume keeps its fingerprint across the conversion.
+        JsonPtr digest = detail::read_luks1_digest(impl_->path);
+        return fingerprint_of_digests({digest.get()});
+    }
     JsonPtr header = read_luks2_json(impl_->path);
     return fingerprint_of(header.get());
 }
@@ -101,9 +115,11 @@ Inspection Volume::inspect() const {
     out.path = impl_->path.string();
     const auto str = [](const char* s) { return s != nullptr ? std::string(s) : std::string(); };
     out.uuid = str(crypt_get_uuid(cd));
-    const std::string binary = detail::read_bytes(impl_->path, 0, 4096);
-    out.label = binary_header_text(binary, 24);
-    out.subsystem = binary_header_text(binary, 208);
+    if (luks_version() == 2) {  // LUKS1 headers have neither (cipher-name and cipher-mode sit there)
+        const std::string binary = detail::read_bytes(impl_->path, 0, 4096);
+        out.label = binary_header_text(binary, 24);
+        out.subsystem = binary_header_text(binary, 208);
+    }
     out.cipher = str(crypt_get_cipher(cd));
     if (const char* mode = crypt_get_cipher_mode(cd); mode != nullptr && *mode != '\0') out.cipher += "-" + str(mode);
     out.volume_key_bytes = static_cast<std::size_t>(std::max(0, crypt_get_volume_key_size(cd)));

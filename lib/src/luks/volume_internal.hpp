@@ -53,6 +53,10 @@ std::string read_bytes(const std::filesystem::path& device, std::uint64_t offset
 bool has_luks_magic(const std::filesystem::path& device);
 // The primary LUKS2 JSON header, parsed straight from the device.
 JsonPtr read_luks2_json(const std::filesystem::path& device);
+// The master-key digest of a LUKS1 binary header (mk-digest, its salt, iterations and the header's hash-spec)
+// as the LUKS2 digest object `cryptsetup convert` makes of it: {"type":"pbkdf2", "hash", "iterations",
+// "salt", "digest"}, salt and digest in padded base64.
+JsonPtr read_luks1_digest(const std::filesystem::path& device);
 
 // --- pbkdf.cpp ----------------------------------------------------------------------------------------------
 

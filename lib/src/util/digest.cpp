@@ -24,4 +24,14 @@ std::string sha256_hex(std::string_view data) {
     return out;
 }
 
+std::string base64(std::string_view data) {
+    std::string out(4 * ((data.size() + 2) / 3) + 1, '\0');
+    const int length = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                                       reinterpret_cast<const unsigned char*>(data.data()),
+                                       static_cast<int>(data.size()));
+    if (length < 0) throw Error(EIO, "base64 encoding failed");
+    out.resize(static_cast<std::size_t>(length));
+    return out;
+}
+
 }  // namespace luksforge::detail
