@@ -371,6 +371,13 @@ TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlo
     CHECK(refused.err.find("luksmeta nuke") != std::string::npos);
     CHECK(run_cli({"regen", dev.string(), "--slot", "1"}).exit_code == 7);
     CHECK(run_cli({"unbind", dev.string(), "--slot", "1"}).exit_code == 7);
+    // Activation is refused too, and the message says exactly what works on LUKS1 and what does not.
+    const RunResult activate = run_cli({"unlock", dev.string(), "--name", "luksforge-luks1-test"});
+    CHECK(activate.exit_code == 7);
+    for (const char* words : {"`list`, `pass`, `unlock --test` and `unlock --key-fd` work", "`unlock --name`",
+                              "bind, regen and unbind", "cryptsetup open"})
+        CHECK_MESSAGE(activate.err.find(words) != std::string::npos, activate.err);
+    CHECK(activate.err.find("(list, pass, unlock)") == std::string::npos);
     CHECK(run({"cryptsetup", "convert", "--batch-mode", "--type", "luks2", dev.string()}).exit_code != 0);
     REQUIRE(run({"clevis", "luks", "unbind", "-f", "-d", dev.string(), "-s", "1"}).exit_code == 0);
     REQUIRE(run({"luksmeta", "nuke", "-f", "-d", dev.string()}).exit_code == 0);

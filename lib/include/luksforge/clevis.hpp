@@ -16,8 +16,9 @@
 namespace luksforge::clevis {
 
 // Open a volume for the Clevis commands: LUKS2 as Volume::open() does; a LUKS1 volume read-only, for its
-// luksmeta Clevis bindings (list, unlock, pass read them). Writing to LUKS1 throws FormatError naming the
-// bound slots and the conversion path that works (luksmeta headers block `cryptsetup convert`).
+// luksmeta Clevis bindings (list, unlock, pass read them). Opening LUKS1 read-write (to write a binding, or to
+// activate it: `unlock --name`) throws FormatError naming the bound slots, what works on LUKS1 and the
+// conversion path (luksmeta headers block `cryptsetup convert`).
 Volume open_for_bindings(const std::filesystem::path& device, Volume::Access access);
 
 struct BindOptions {

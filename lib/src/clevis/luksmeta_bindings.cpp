@@ -1,6 +1,7 @@
 // LUKS1 Clevis bindings (RHEL 7, upgraded RHEL 8): Clevis keeps each keyslot's JWE in the luksmeta slot of the
-// same number, under Clevis's UUID (clevis_luks1_save_slot). Read through Debian's libluksmeta, so list, pass
-// and unlock work on them; writing stays LUKS2-only (luks1_refusal() says how to convert).
+// same number, under Clevis's UUID (clevis_luks1_save_slot). Read through Debian's libluksmeta, so list, pass,
+// unlock --test and unlock --key-fd work on them (and audit reads them); activation (unlock --name) and writing
+// stay LUKS2-only (luks1_refusal() says what works instead, and how to convert).
 #include "clevis/clevis_internal.hpp"
 
 #include "util/cryptsetup_util.hpp"
@@ -70,8 +71,10 @@ std::string luks1_refusal(const Volume& volume) {
     const std::string dev = volume.path().string();
     std::string message = dev + " is LUKS1";
     message += slots.empty() ? "" : " with Clevis bindings in luksmeta slots " + slots;
-    message += ": luksforge reads those (list, pass, unlock) but writes Clevis bindings as LUKS2 tokens only, and "
-               "`cryptsetup convert` refuses a header with luksmeta data. To convert: ";
+    message += ": on LUKS1, luksforge's `list`, `pass`, `unlock --test` and `unlock --key-fd` work (they read "
+               "luksmeta); `unlock --name` does not (`luksforge pass " + dev + " --slot N | cryptsetup open " + dev +
+               " NAME --key-file -` or `clevis luks unlock` activates it), and bind, regen and unbind write Clevis "
+               "bindings as LUKS2 tokens only. `cryptsetup convert` refuses a header with luksmeta data. To convert: ";
     if (!slots.empty()) message += "`clevis luks unbind -d " + dev + " -s N` for each bound slot, ";
     message += "`luksmeta nuke -f -d " + dev + "`, `cryptsetup convert --type luks2 " + dev +
                "`, then bind again (luksforge bind or clevis luks bind)";
