@@ -613,3 +613,33 @@ TEST_CASE("a 100 KB URL (about the most argv carries): refused (exit 7) with a s
     CHECK_MESSAGE(r.err.size() < 1000, r.err.size());
     CHECK(r.err.find("too long") != std::string::npos);
 }
+
+TEST_CASE("a policy file with a 3 MB url (or thp): policy check exits 7 with short messages") {
+    TempDir dir;
+    const std::string url = "http://" + std::string(3 * kMiB, 'a');
+    const fs::path policy = dir / "policy.toml";
+    // The url alone: "has neither thp nor adv" quotes it.
+    write_file(policy, "[[tang]]\nurl = \"" + url + "\"\n");
+    const RunResult one = run_cli({"policy", "check", policy.string()});
+    CHECK(one.exit_code == 7);
+    CHECK_MESSAGE(one.out.size() < 1000, one.out.substr(0, 2000));
+    CHECK_MESSAGE(one.err.size() < 1000, one.err.substr(0, 2000));
+    CHECK_MESSAGE(one.out.find("has neither thp nor adv") != std::string::npos, one.out.substr(0, 2000));
+    CHECK(one.out.find("... (3145735 bytes)") != std::string::npos);  // the excerpt names the full length
+
+    // Every other message quoting a url or thp: a bad thp, a duplicate url, a url that is not http(s).
+    write_file(policy, "[[tang]]\nurl = \"" + url + "\"\nthp = \"" + std::string(3 * kMiB, 'b') +
+                           "\"\n[[tang]]\nurl = \"" + url + "\"\nthp = \"x\"\n[[tang]]\nurl = \"ftp://" +
+                           std::string(3 * kMiB, 'c') + "\"\nthp = \"x\"\n");
+    const RunResult all = run_cli({"policy", "check", policy.string()});
+    CHECK(all.exit_code == 7);
+    std::size_t start = 0;
+    while (start < all.out.size()) {
+        const std::size_t end = std::min(all.out.find('\n', start), all.out.size());
+        CHECK_MESSAGE(end - start < 1000, all.out.substr(start, 300));
+        start = end + 1;
+    }
+    CHECK_MESSAGE(all.err.size() < 2000, all.err.substr(0, 2000));  // the summary repeats every problem
+    for (const char* expected : {"is not a thumbprint", "duplicate Tang url", "must be an http:// or https:// URL"})
+        CHECK_MESSAGE(all.out.find(expected) != std::string::npos, all.out.substr(0, 2000));
+}

@@ -23,6 +23,7 @@
 
 namespace luksforge {
 using detail::bare_message;
+using detail::excerpt;
 using detail::binary_header_bytes;
 using detail::fresh_header_json;
 using detail::keyslot_json;
@@ -141,7 +142,7 @@ struct Reader {
         return bytes;
     }
     void unknown(const toml::key& key, std::string_view where, std::string_view known) {
-        problem(line_of(key), "unknown key " + std::string(where) + std::string(key.str()) + " (known: " + std::string(known) + ")");
+        problem(line_of(key), "unknown key " + std::string(where) + excerpt(key.str()) + " (known: " + std::string(known) + ")");
     }
 
     void read_root(const toml::table& root) {
@@ -262,7 +263,7 @@ struct Reader {
                 if (auto text = string_of(key, node, "luks.")) {
                     const std::size_t dash = text->find('-');
                     if (dash == std::string::npos || dash == 0 || dash + 1 == text->size())
-                        problem(line_of(node), "luks.cipher = \"" + *text +
+                        problem(line_of(node), "luks.cipher = \"" + excerpt(*text) +
                                                    "\" must be cipher-mode, e.g. \"aes-xts-plain64\"");
                     else
                         policy.cipher = *text;
@@ -307,14 +308,14 @@ struct Reader {
                     try {
                         policy.keyslot_pbkdf.type = Pbkdf::parse_type(*text);
                     } catch (const FormatError&) {
-                        problem(line_of(node), "keyslot.pbkdf = \"" + *text + "\" must be pbkdf2, argon2id or argon2i");
+                        problem(line_of(node), "keyslot.pbkdf = \"" + excerpt(*text) + "\" must be pbkdf2, argon2id or argon2i");
                     }
                 }
             } else if (name == "hash") {
                 if (auto text = string_of(key, node, "keyslot.")) {
                     static const std::vector<std::string> hashes = {"sha1", "sha256", "sha384", "sha512"};
                     if (std::find(hashes.begin(), hashes.end(), *text) == hashes.end())
-                        problem(line_of(node), "keyslot.hash = \"" + *text + "\" must be sha1, sha256, sha384 or sha512");
+                        problem(line_of(node), "keyslot.hash = \"" + excerpt(*text) + "\" must be sha1, sha256, sha384 or sha512");
                     else
                         policy.keyslot_pbkdf.hash = *text;
                 }
@@ -428,15 +429,15 @@ std::vector<PolicyProblem> Policy::check() const {
     bool adv_unusable = false;
     for (const PolicyTangServer& server : servers) {
         if (server.url_line != 0 && !valid_url(server.url))
-            problem(server.url_line, "tang.url \"" + server.url + "\" must be an http:// or https:// URL");
+            problem(server.url_line, "tang.url \"" + excerpt(server.url) + "\" must be an http:// or https:// URL");
         if (!server.url.empty()) {
             const auto [it, inserted] = seen_urls.emplace(normalise_url(server.url), server.url_line);
             if (!inserted)
-                problem(server.url_line, "duplicate Tang url \"" + server.url + "\" (already listed at line " +
+                problem(server.url_line, "duplicate Tang url \"" + excerpt(server.url) + "\" (already listed at line " +
                                              std::to_string(it->second) + ")");
         }
         if (server.thp && !is_thumbprint(*server.thp))
-            problem(server.thp_line, "tang.thp \"" + *server.thp +
+            problem(server.thp_line, "tang.thp \"" + excerpt(*server.thp) +
                                          "\" is not a thumbprint (base64url SHA-256, 43 characters, or SHA-1, 27)");
         if (server.adv) {
             std::optional<std::string> text;
@@ -447,26 +448,26 @@ std::vector<PolicyProblem> Policy::check() const {
                 if (!dynamic_cast<const NotFoundError*>(&e)) unreadable = "cannot be used: " + bare_message(e);
             }
             if (!text) {
-                problem(server.adv_line, "tang.adv file " + server.adv->string() + " " + unreadable);
+                problem(server.adv_line, "tang.adv file " + excerpt(server.adv->string()) + " " + unreadable);
                 adv_unusable = true;
             } else {
                 try {
                     const tang::Advertisement adv = tang::parse_advertisement(*text);
                     if (server.thp && is_thumbprint(*server.thp) && !adv.has_signing_key(*server.thp)) {
-                        problem(server.adv_line, "tang.adv " + server.adv->string() +
+                        problem(server.adv_line, "tang.adv " + excerpt(server.adv->string()) +
                                                      " is not signed by the pinned thp " + *server.thp);
                         adv_unusable = true;
                     }
                     if (adv.exchange_thumbprints.empty())
-                        problem(server.adv_line, "tang.adv " + server.adv->string() + " has no exchange (deriveKey) key");
+                        problem(server.adv_line, "tang.adv " + excerpt(server.adv->string()) + " has no exchange (deriveKey) key");
                 } catch (const Error& e) {
-                    problem(server.adv_line, "tang.adv " + server.adv->string() + ": " + bare_message(e));
+                    problem(server.adv_line, "tang.adv " + excerpt(server.adv->string()) + ": " + bare_message(e));
                     adv_unusable = true;
                 }
             }
         }
         if (!server.thp && !server.adv && !trust_on_first_use)
-            problem(server.line, "Tang server \"" + server.url +
+            problem(server.line, "Tang server \"" + excerpt(server.url) +
                                      "\" has neither thp nor adv: pin its thumbprint, supply its advertisement, "
                                      "or set trust_on_first_use = true");
     }
