@@ -1,8 +1,9 @@
 // kill -9 at every step of `luksforge regen` and `luksforge unbind` (LUKSFORGE_CRASH_AT): after each kill the
 // volume opens through the old or the new binding (stock Clevis and cryptsetup agree), a rerun of the same
 // command ends in the intended state, and no keyslot or helper token is left behind. Also regen in place on a
-// default 16 KiB header with sss over 3 Tang servers, and regen from an existing passphrase once the old Tang
-// keys are gone. LUKSFORGE_CRASH_GDB=1 adds kills under gdb at libcryptsetup's own keyslot writes.
+// default 16 KiB header with sss over 3 Tang servers (bound by luksforge, and by stock `clevis luks bind`), and
+// regen from an existing passphrase once the old Tang keys are gone. LUKSFORGE_CRASH_GDB=1 adds kills under gdb
+// at libcryptsetup's own keyslot writes.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -185,6 +186,40 @@ TEST_CASE("regen in place on a default 16 KiB header: nested sss over 3 Tang, an
         for (const TangServer* s : all) remove_rotated_keys(*s);
         CHECK(stock_clevis_opens(image.path, 1));
     }
+}
+
+TEST_CASE("regen in place of STOCK clevis's nested sss over 3 Tang on a cryptsetup-default 16 KiB header") {
+    TangServer a, b, c;
+    const std::vector<const TangServer*> all = {&a, &b, &c};
+    Image image(true);  // `cryptsetup luksFormat` defaults: argon2id keyslot 0, 16 KiB metadata
+    REQUIRE(Volume::open(image.path, Volume::Access::read_only).inspect().metadata_bytes == 16 * 1024);
+    const std::string config = R"({"t":2,"pins":{"tang":[)" + pinned(a) + R"(],"sss":{"t":1,"pins":{"tang":[)" +
+                               pinned(b) + "," + pinned(c) + "]}}}}";
+    const RunResult bound = run({"clevis", "luks", "bind", "-y", "-d", image.path.string(), "-k",
+                                 image.pass_file.string(), "sss", config});
+    REQUIRE_MESSAGE(bound.exit_code == 0, bound.err);
+    const std::vector<Token> before = tokens(image.path);
+    REQUIRE(before.size() == 1);
+    REQUIRE(before[0].keyslots.size() == 1);
+    const int slot = before[0].keyslots[0];
+    const std::string listed = run_ok({"clevis", "luks", "list", "-d", image.path.string()});
+    REQUIRE(listed.find(std::to_string(slot) + ": sss '") == 0);
+    const std::set<int> slots = keyslots(image.path);
+
+    for (const TangServer* s : all) const_cast<TangServer*>(s)->rotate();
+    const RunResult regen = run_cli({"regen", image.path.string(), "--slot", std::to_string(slot)});
+    REQUIRE_MESSAGE(regen.exit_code == 0, regen.err);
+    // Same keyslot, same token id, nothing else left; stock Clevis lists it as before.
+    CHECK(keyslots(image.path) == slots);
+    const std::vector<Token> after = tokens(image.path);
+    REQUIRE(after.size() == 1);
+    CHECK(after[0].id == before[0].id);
+    CHECK(after[0].keyslots == std::vector<int>{slot});
+    CHECK(after[0].json != before[0].json);
+    CHECK(run_ok({"clevis", "luks", "list", "-d", image.path.string()}) == listed);
+    // Stock `clevis luks pass` recovers it with the current keys only (the rotated ones deleted).
+    for (const TangServer* s : all) remove_rotated_keys(*s);
+    CHECK(stock_clevis_opens(image.path, slot));
 }
 
 TEST_CASE("regen once the old Tang keys are gone: refused without, done with an existing passphrase") {
