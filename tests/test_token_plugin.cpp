@@ -19,9 +19,15 @@
 #include <dlfcn.h>
 #include <jansson.h>
 #include <libcryptsetup.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -33,7 +39,38 @@ using namespace luksforge::test;
 TEST_CASE("clevis token handler" * doctest::skip()) {}
 #else
 
+// Allocation hooks of this test binary. The handler is dlopen()ed into it and resolves operator new like any
+// library does, through the global scope, where the executable comes first: so these definitions are what the
+// handler's code calls too. Armed only in a forked child (see the tests using them).
 namespace {
+std::atomic<bool> g_fail_operator_new{false};
+}  // namespace
+
+void* operator new(std::size_t size) {
+    if (g_fail_operator_new.load(std::memory_order_relaxed)) throw std::bad_alloc();
+    for (;;) {
+        if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+        const std::new_handler handler = std::get_new_handler();
+        if (handler == nullptr) throw std::bad_alloc();
+        handler();
+    }
+}
+// (libstdc++'s operator delete frees with free(), which matches the malloc() above.)
+
+namespace {
+
+// Run `body` in a forked child; its exit status (or 128+signal when it died of one, e.g. SIGABRT from
+// std::terminate).
+template <typename Body>
+int in_child(Body body) {
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) ::_exit(body());
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 constexpr std::uint64_t kMiB = 1ull << 20;
 const std::string kPass = "build passphrase for the handler tests";
@@ -212,6 +249,30 @@ TEST_CASE("the handler's open hands libcryptsetup the keyslot passphrase; valida
         CHECK(abi.validate(nullptr, garbage.c_str()) == -EINVAL);
         abi.dump(nullptr, garbage.c_str());  // prints "malformed token", must not crash
     }
+}
+
+// validate and dump catch everything; their catch blocks must not allocate either, or a std::bad_alloc thrown
+// there escapes a noexcept function and std::terminate aborts the host (cryptsetup, systemd-cryptsetup).
+TEST_CASE("validate and dump survive operator new failing everywhere, their error paths included") {
+    HandlerAbi abi;
+    REQUIRE(abi.handle != nullptr);
+    const char* token = R"({"type":"clevis","keyslots":["1"],"jwe":{}})";
+    // Sanity: without failing allocations, this token is refused normally.
+    REQUIRE(abi.validate(nullptr, token) == -EINVAL);
+    const int validated = in_child([&] {
+        g_fail_operator_new = true;
+        const int r = abi.validate(nullptr, token);
+        g_fail_operator_new = false;
+        return r == -EINVAL ? 0 : 1;
+    });
+    CHECK_MESSAGE(validated == 0, "validate under failing operator new: exit ", validated, " (134 = SIGABRT)");
+    const int dumped = in_child([&] {
+        g_fail_operator_new = true;
+        abi.dump(nullptr, token);
+        g_fail_operator_new = false;
+        return 0;
+    });
+    CHECK_MESSAGE(dumped == 0, "dump under failing operator new: exit ", dumped, " (134 = SIGABRT)");
 }
 
 TEST_CASE("cryptsetup open --token-only opens a luksforge tang binding through the handler") {

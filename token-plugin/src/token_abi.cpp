@@ -20,7 +20,6 @@
 
 #include <cerrno>
 #include <new>
-#include <string>
 
 #define LUKSFORGE_TOKEN_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -39,17 +38,16 @@ PinOptions handler_options() {
     return options;
 }
 
-std::string token_prefix(int token) { return "Token " + std::to_string(token) + " (clevis): "; }
-
 int open_token(crypt_device* cd, int token, char** buffer, std::size_t* buffer_len) {
     const char* json = nullptr;
     if (crypt_token_json_get(cd, token, &json) < 0 || json == nullptr) return -ENOENT;
     const token::ClevisToken parsed = token::parse_clevis_token(json);
     if (!token::openable_pins(parsed.compact_jwe)) {
-        token::log_verbose(cd, token_prefix(token) + "pin not supported by this handler (tang and sss only)");
+        token::log_verbose(cd, token::TokenPrefix(token).view(),
+                           "pin not supported by this handler (tang and sss only)");
         return -ENOENT;
     }
-    token::log_debug(cd, token_prefix(token) + "recovering the keyslot passphrase through Tang");
+    token::log_debug(cd, token::TokenPrefix(token).view(), "recovering the keyslot passphrase through Tang");
     const SecretBuffer passphrase = clevis_decrypt(parsed.compact_jwe, handler_options());
     return token::hand_over(passphrase, buffer, buffer_len);
 }
@@ -61,12 +59,9 @@ LUKSFORGE_TOKEN_EXPORT int cryptsetup_token_open(crypt_device* cd, int token, ch
     if (buffer == nullptr || buffer_len == nullptr) return -EINVAL;
     *buffer = nullptr;
     *buffer_len = 0;
+    // Catch blocks must not allocate (std::bad_alloc would escape a noexcept function and abort the host).
     const auto fail = [&](int code, const char* what, const char* why) noexcept {
-        try {
-            token::log_error(cd, token_prefix(token) + what + why);
-        } catch (...) {
-            token::log_error(cd, "Token (clevis): cannot unlock");
-        }
+        token::log_error(cd, token::TokenPrefix(token).view(), what, why);
         return code;
     };
     try {
@@ -78,13 +73,11 @@ LUKSFORGE_TOKEN_EXPORT int cryptsetup_token_open(crypt_device* cd, int token, ch
     } catch (const FormatError& e) {
         return fail(-ENOENT, "malformed: ", e.what());
     } catch (const std::bad_alloc&) {
-        token::log_error(cd, "Token (clevis): out of memory");
-        return -ENOMEM;
+        return fail(-ENOMEM, "out of memory", "");
     } catch (const std::exception& e) {
         return fail(-ENOENT, "cannot unlock: ", e.what());
     } catch (...) {
-        token::log_error(cd, "Token (clevis): cannot unlock (unknown error)");
-        return -ENOENT;
+        return fail(-ENOENT, "cannot unlock (unknown error)", "");
     }
 }
 
@@ -98,7 +91,7 @@ LUKSFORGE_TOKEN_EXPORT int cryptsetup_token_validate(crypt_device* cd, const cha
         (void)token::parse_clevis_token(json);
         return 0;
     } catch (const std::exception& e) {
-        token::log_error(cd, std::string("Invalid clevis token: ") + e.what());
+        token::log_error(cd, "Invalid clevis token: ", e.what());  // no allocation here
     } catch (...) {
         token::log_error(cd, "Invalid clevis token");
     }
@@ -112,7 +105,7 @@ LUKSFORGE_TOKEN_EXPORT void cryptsetup_token_dump(crypt_device* cd, const char* 
         for (const auto& [label, value] : token::describe_pins(parsed.compact_jwe))
             token::log_dump_line(cd, label, value);
     } catch (const std::exception& e) {
-        token::log_dump_line(cd, "Clevis", std::string("malformed token: ") + e.what());
+        token::log_dump_line(cd, "Clevis", "malformed token: ", e.what());  // no allocation here
     } catch (...) {
         token::log_dump_line(cd, "Clevis", "malformed token");
     }
