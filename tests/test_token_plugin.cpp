@@ -22,14 +22,19 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace luksforge;
@@ -82,15 +87,82 @@ struct HandlerDir {
     HandlerDir() {
         std::filesystem::copy_file(LUKSFORGE_TOKEN_PLUGIN, dir / "libcryptsetup-token-clevis.so");
     }
-    // Run `argv` where libcryptsetup loads the handler (private mount namespace, bind mount).
-    RunResult run(const std::vector<std::string>& argv, const std::string& input = {}) const {
+    // `argv` wrapped to run where libcryptsetup loads the handler (private mount namespace, bind mount). The
+    // wrappers exec: the process that runs is, in the end, argv's own (same pid).
+    std::vector<std::string> wrap(const std::vector<std::string>& argv) const {
         std::vector<std::string> wrapped = {"unshare", "--mount", "--propagation", "private", "sh", "-c",
                                             "d=$1; shift; mount --bind \"$0\" \"$d\" || exit 99; exec \"$@\"",
                                             dir.path().string(), token_dir.string()};
         wrapped.insert(wrapped.end(), argv.begin(), argv.end());
-        return test::run(wrapped, input);
+        return wrapped;
+    }
+    RunResult run(const std::vector<std::string>& argv, const std::string& input = {}) const {
+        return test::run(wrap(argv), input);
     }
 };
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Run `argv` (no stdin), wait until `ready()` (at most 10 s), `delay_s` more, then send it `sig`. Returns what it
+// printed and its exit code (128+N when a signal ended it) and how long it ran after the signal.
+struct Interrupted {
+    RunResult result;
+    bool became_ready = false;
+    double seconds_after_signal = 0;
+};
+template <typename Ready>
+Interrupted run_and_signal(const std::vector<std::string>& argv, Ready ready, double delay_s, int sig) {
+    TempDir out_dir;
+    const std::string out_file = (out_dir / "out").string(), err_file = (out_dir / "err").string();
+    std::vector<char*> args;
+    for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        const int in = ::open("/dev/null", O_RDONLY);
+        const int out = ::open(out_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        const int err = ::open(err_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (in < 0 || out < 0 || err < 0) ::_exit(126);
+        ::dup2(in, 0);
+        ::dup2(out, 1);
+        ::dup2(err, 2);
+        // Default dispositions and an empty mask, whatever the test runner set: the child installs its own.
+        ::signal(SIGINT, SIG_DFL);
+        ::signal(SIGTERM, SIG_DFL);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::execvp(args[0], args.data());
+        ::_exit(127);
+    }
+    Interrupted r;
+    const auto start = std::chrono::steady_clock::now();
+    int status = 0;
+    pid_t done = 0;
+    while (!(r.became_ready = ready()) && seconds_since(start) < 10 &&
+           (done = ::waitpid(pid, &status, WNOHANG)) == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (done == 0) {
+        std::this_thread::sleep_for(std::chrono::duration<double>(delay_s));
+        ::kill(pid, sig);
+        const auto signalled = std::chrono::steady_clock::now();
+        while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 && seconds_since(signalled) < 20)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        r.seconds_after_signal = seconds_since(signalled);
+        if (done == 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &status, 0);
+        }
+    }
+    r.result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.result.out = read_file_bytes(out_file);
+    r.result.err = read_file_bytes(err_file);
+    return r;
+}
 
 struct Image : PassphraseImage {
     Image() : PassphraseImage(kPass) {}
@@ -155,6 +227,14 @@ void replace_clevis_token(const Image& image, const std::string& json) {
     for (const Token& t : volume.tokens())
         if (t.type == "clevis") volume.remove_token(t.id);
     volume.set_token(json);  // through libcryptsetup without the handler: no clevis validation here
+}
+
+// Point the tang binding's token at another server (the JWE no longer decrypts, the request still goes out).
+void point_tang_at(const Image& image, const std::string& url) {
+    replace_clevis_token(image, with_protected_header(first_clevis_token(image), [&](json_t* header) {
+        json_object_set_new(json_object_get(json_object_get(header, "clevis"), "tang"), "url",
+                            json_string(url.c_str()));
+    }));
 }
 
 }  // namespace
@@ -324,14 +404,107 @@ TEST_CASE("cryptsetup open --token-only opens a luksforge tang binding through t
 
     SUBCASE("a server that never answers costs the bounded request time, then fails") {
         BadServer stalled(200, "{}", 40);
-        replace_clevis_token(image, with_protected_header(first_clevis_token(image), [&](json_t* header) {
-            json_object_set_new(json_object_get(json_object_get(header, "clevis"), "tang"), "url",
-                                json_string(stalled.url().c_str()));
-        }));
+        point_tang_at(image, stalled.url());
         const RunResult r = open_by_token(handler, image);
         CHECK(r.exit_code != 0);
         CHECK_MESSAGE(r.err.find("timed out") != std::string::npos, r.err);
     }
+}
+
+// The ABI has no cancel hook and cryptsetup's own SIGINT/SIGTERM handler only sets a flag it reads after the
+// token loop: the handler notices the signal itself while it waits for Tang, so Ctrl-C or systemd's SIGTERM ends a
+// stalled unlock at once instead of after the 10 s total timeout.
+TEST_CASE("SIGINT or SIGTERM during a stalled Tang request: cryptsetup open --token-only returns promptly") {
+    HandlerDir handler;
+    TangServer tang;
+    Image image;
+    luksforge_bind(image, "tang", pinned(tang));
+    std::string passphrase;
+    {
+        const Volume volume = Volume::open(image.path, Volume::Access::read_only);
+        passphrase = std::string(clevis::unlock(volume).passphrase.view());
+    }
+    for (const int sig : {SIGINT, SIGTERM}) {
+        CAPTURE(sig);
+        BadServer stalled(200, "{}", 40);
+        point_tang_at(image, stalled.url());
+        const Interrupted r = run_and_signal(
+            handler.wrap({"cryptsetup", "open", "--test-passphrase", "--token-only", "-v", image.str()}),
+            [&] { return stalled.requested(); }, 0.8, sig);
+        REQUIRE_MESSAGE(r.became_ready, r.result.err);
+        // cryptsetup's handler saw the signal too: it ends with its own failure code, not killed by the signal.
+        CHECK_MESSAGE(r.result.exit_code == 1, r.result.exit_code, ": ", r.result.err);
+        CHECK_MESSAGE(r.seconds_after_signal < 3, r.seconds_after_signal, " s: ", r.result.err);
+        const std::string expected =
+            std::string("Token 0 (clevis): cancelled by ") + (sig == SIGINT ? "SIGINT" : "SIGTERM");
+        CHECK_MESSAGE(r.result.err.find(expected) != std::string::npos, r.result.err);
+        CHECK(r.result.out.find(passphrase) == std::string::npos);
+        CHECK(r.result.err.find(passphrase) == std::string::npos);
+    }
+}
+
+namespace {
+std::atomic<int> g_host_signals{0};
+extern "C" void count_host_signal(int) { g_host_signals.fetch_add(1); }
+}  // namespace
+
+TEST_CASE("open cancelled by a signal: -ECANCELED, the host's handler still runs and is back in place afterwards") {
+    HandlerAbi abi;
+    REQUIRE(abi.handle != nullptr);
+    TangServer tang;
+    Image image;
+    luksforge_bind(image, "tang", pinned(tang));
+    BadServer stalled(200, "{}", 40);
+    point_tang_at(image, stalled.url());
+
+    struct sigaction host = {}, saved_int = {}, saved_term = {}, now = {};
+    host.sa_handler = &count_host_signal;
+    sigemptyset(&host.sa_mask);
+    REQUIRE(::sigaction(SIGINT, &host, &saved_int) == 0);
+    REQUIRE(::sigaction(SIGTERM, nullptr, &saved_term) == 0);
+    g_host_signals = 0;
+    crypt_device* cd = nullptr;
+    REQUIRE(crypt_init(&cd, image.str().c_str()) == 0);
+    REQUIRE(crypt_load(cd, CRYPT_LUKS2, nullptr) == 0);
+    std::atomic<bool> sent{false};
+    std::chrono::steady_clock::time_point sent_at;
+    std::thread sender([&] {
+        const auto start = std::chrono::steady_clock::now();
+        while (!stalled.requested() && seconds_since(start) < 10)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        sent_at = std::chrono::steady_clock::now();
+        sent = true;
+        ::kill(::getpid(), SIGINT);
+    });
+    char* buffer = nullptr;
+    size_t length = 0;
+    const int r = abi.open(cd, 0, &buffer, &length, nullptr);
+    const auto returned = std::chrono::steady_clock::now();
+    sender.join();
+    CHECK(r == -ECANCELED);
+    CHECK(buffer == nullptr);
+    REQUIRE(sent);
+    CHECK(std::chrono::duration<double>(returned - sent_at).count() < 3);
+    CHECK(g_host_signals == 1);
+    // Back to the host's handlers: SIGINT's, and SIGTERM's (doctest's here) that the handler chained to as well.
+    REQUIRE(::sigaction(SIGINT, nullptr, &now) == 0);
+    CHECK((now.sa_flags & SA_SIGINFO) == 0);
+    CHECK(reinterpret_cast<void*>(now.sa_handler) == reinterpret_cast<void*>(&count_host_signal));
+    REQUIRE(::sigaction(SIGTERM, nullptr, &now) == 0);
+    CHECK((now.sa_flags & SA_SIGINFO) == (saved_term.sa_flags & SA_SIGINFO));
+    CHECK(reinterpret_cast<void*>(now.sa_handler) == reinterpret_cast<void*>(saved_term.sa_handler));
+    // The cancellation does not stick: the next open asks Tang again, the real one. (Whether the JWE still
+    // decrypts depends on the header edit giving back the original bytes; either way it is not cancelled.)
+    point_tang_at(image, tang.url());
+    crypt_free(cd);
+    REQUIRE(crypt_init(&cd, image.str().c_str()) == 0);
+    REQUIRE(crypt_load(cd, CRYPT_LUKS2, nullptr) == 0);
+    const int again = abi.open(cd, 0, &buffer, &length, nullptr);
+    CHECK_MESSAGE((again == 0 || again == -EPERM), again);
+    if (again == 0) abi.free(buffer, length);
+    crypt_free(cd);
+    ::sigaction(SIGINT, &saved_int, nullptr);
 }
 
 TEST_CASE("the handler opens a luksforge sss binding with one of three Tang servers down") {

@@ -163,6 +163,7 @@ BadServer::BadServer(int status, const std::string& body, double delay_seconds) 
            "while IFS= read -r line; do\n"
            "  case \"$line\" in ''|$(printf '\\r')) break;; esac\n"
            "done\n"
+        << ": > '" << (dir_ / "requested").string() << "'\n"
         << "sleep " << delay << "\n"
         << "printf 'HTTP/1.1 " << status << " Canned\\r\\nContent-Type: application/json\\r\\n"
         << "Content-Length: " << body.size() << "\\r\\nConnection: close\\r\\n\\r\\n'\n"
@@ -176,5 +177,7 @@ BadServer::BadServer(int status, const std::string& body, double delay_seconds) 
 BadServer::~BadServer() { stop_process(pid_); }
 
 std::string BadServer::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+bool BadServer::requested() const { return std::filesystem::exists(dir_ / "requested"); }
 
 }  // namespace luksforge::test

@@ -56,6 +56,8 @@ public:
     BadServer(const BadServer&) = delete;
     BadServer& operator=(const BadServer&) = delete;
     std::string url() const;
+    // Whether a request has arrived (its head was read; the reply may still be waiting out the delay).
+    bool requested() const;
 
 private:
     TempDir dir_;

@@ -8,9 +8,13 @@
 //
 // Cancellation: the ABI has none (open gets cd, token and the caller's usrptr only, up to cryptsetup 2.8), so the
 // handler bounds its own time: every Tang request has a connect and a total timeout (sss children run in
-// parallel), see handler_options().
+// parallel), see handler_options(); and while open runs, SIGINT/SIGTERM abort its requests (SignalCancel,
+// chained to the host's own handlers) and open returns -ECANCELED. That code is not one of the four the token
+// loop continues after, on purpose: the user asked to stop, so no further token is tried, and cryptsetup,
+// whose handler saw the signal too, exits instead of asking for a passphrase.
 #include "clevis_token.hpp"
 #include "handed_secret.hpp"
+#include "signal_cancel.hpp"
 #include "token_log.hpp"
 
 #include <luksforge/error.hpp>
@@ -18,8 +22,12 @@
 
 #include <libcryptsetup.h>
 
+#include <atomic>
 #include <cerrno>
+#include <csignal>
+#include <memory>
 #include <new>
+#include <utility>
 
 #define LUKSFORGE_TOKEN_EXPORT extern "C" __attribute__((visibility("default")))
 
@@ -29,8 +37,9 @@ using namespace luksforge;
 
 // A hanging handler blocks the whole unlock (cryptsetup, systemd-cryptsetup, the initramfs): a dead Tang costs
 // at most the connect timeout, a stalled one the total timeout, per level of sss nesting.
-PinOptions handler_options() {
+PinOptions handler_options(std::shared_ptr<std::atomic<bool>> cancel) {
     PinOptions options;
+    options.network.cancel = std::move(cancel);
     options.network.connect_timeout_ms = 3000;
     options.network.total_timeout_ms = 10000;
     options.network.max_response_bytes = 64 * 1024;  // a Tang reply is one JWK
@@ -38,7 +47,8 @@ PinOptions handler_options() {
     return options;
 }
 
-int open_token(crypt_device* cd, int token, char** buffer, std::size_t* buffer_len) {
+int open_token(crypt_device* cd, int token, const token::SignalCancel& cancel, char** buffer,
+               std::size_t* buffer_len) {
     const char* json = nullptr;
     if (crypt_token_json_get(cd, token, &json) < 0 || json == nullptr) return -ENOENT;
     const token::ClevisToken parsed = token::parse_clevis_token(json);
@@ -48,7 +58,7 @@ int open_token(crypt_device* cd, int token, char** buffer, std::size_t* buffer_l
         return -ENOENT;
     }
     token::log_debug(cd, token::TokenPrefix(token).view(), "recovering the keyslot passphrase through Tang");
-    const SecretBuffer passphrase = clevis_decrypt(parsed.compact_jwe, handler_options());
+    const SecretBuffer passphrase = clevis_decrypt(parsed.compact_jwe, handler_options(cancel.flag()));
     return token::hand_over(passphrase, buffer, buffer_len);
 }
 
@@ -64,9 +74,12 @@ LUKSFORGE_TOKEN_EXPORT int cryptsetup_token_open(crypt_device* cd, int token, ch
         token::log_error(cd, token::TokenPrefix(token).view(), what, why);
         return code;
     };
+    const token::SignalCancel cancel;  // until open returns; restores the host's signal handlers
     try {
-        return open_token(cd, token, buffer, buffer_len);
+        return open_token(cd, token, cancel, buffer, buffer_len);
     } catch (const TangError& e) {
+        if (const int sig = cancel.signal(); sig != 0)
+            return fail(-ECANCELED, sig == SIGINT ? "cancelled by SIGINT: " : "cancelled by SIGTERM: ", e.what());
         return fail(-EAGAIN, "Tang unavailable: ", e.what());
     } catch (const AuthError& e) {
         return fail(-EPERM, "JWE does not decrypt: ", e.what());
