@@ -405,9 +405,32 @@ TEST_CASE("cryptsetup open --token-only opens a luksforge tang binding through t
     SUBCASE("a server that never answers costs the bounded request time, then fails") {
         BadServer stalled(200, "{}", 40);
         point_tang_at(image, stalled.url());
+        const auto start = std::chrono::steady_clock::now();
         const RunResult r = open_by_token(handler, image);
+        const double seconds = seconds_since(start);
         CHECK(r.exit_code != 0);
         CHECK_MESSAGE(r.err.find("timed out") != std::string::npos, r.err);
+        // The handler's total bound per request is 10 s: neither cut short nor the server's 40 s.
+        CHECK_MESSAGE(seconds >= 9.5, seconds);
+        CHECK_MESSAGE(seconds < 13, seconds);
+    }
+
+    SUBCASE("a server that never completes the TCP handshake costs the connect timeout, then fails") {
+        UnansweredServer silent;
+        point_tang_at(image, silent.url());
+        const auto start = std::chrono::steady_clock::now();
+        const RunResult r = open_by_token(handler, image);
+        const double seconds = seconds_since(start);
+        CHECK(r.exit_code != 0);
+        CHECK_MESSAGE(r.err.find("Tang server timed out: POST " + silent.url()) != std::string::npos, r.err);
+        // libcurl's words for a timeout in the connect phase (7.88: "Failed to connect to ... after 3000 ms: Timeout
+        // was reached"; older: "Connection timed out after 3001 milliseconds").
+        CHECK_MESSAGE((r.err.find("Failed to connect to 127.0.0.1") != std::string::npos ||
+                       r.err.find("Connection timed out after") != std::string::npos),
+                      r.err);
+        // The connect timeout is 3 s (the total, 10 s, must not be what ended it).
+        CHECK_MESSAGE(seconds >= 2.8, seconds);
+        CHECK_MESSAGE(seconds < 6.5, seconds);
     }
 }
 

@@ -4,12 +4,14 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -179,5 +181,57 @@ BadServer::~BadServer() { stop_process(pid_); }
 std::string BadServer::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
 bool BadServer::requested() const { return std::filesystem::exists(dir_ / "requested"); }
+
+namespace {
+
+// Start a non-blocking connect to 127.0.0.1:port; true when it completes within `wait_ms`.
+bool connects_within(int fd, int port, int wait_ms) {
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) return true;
+    if (errno != EINPROGRESS) throw std::runtime_error("connect to the filled listener failed at once");
+    pollfd p{fd, POLLOUT, 0};
+    if (::poll(&p, 1, wait_ms) != 1) return false;
+    int error = 0;
+    socklen_t length = sizeof error;
+    return ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0;
+}
+
+}  // namespace
+
+UnansweredServer::UnansweredServer() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (listener_ < 0) throw std::runtime_error("socket() failed");
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0 || ::listen(listener_, 0) != 0) {
+        ::close(listener_);
+        throw std::runtime_error("cannot listen on 127.0.0.1");
+    }
+    port_ = ntohs(addr.sin_port);
+    // Connect until one connection does not complete: the accept queue is full and SYNs are being dropped.
+    // (Linux keeps backlog + 1 connections, so this takes two or three; a few more in case of slack.)
+    for (int i = 0; i < 16; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) break;
+        fillers_.push_back(fd);
+        if (!connects_within(fd, port_, 300)) return;
+    }
+    for (int fd : fillers_) ::close(fd);
+    ::close(listener_);
+    throw std::runtime_error("could not fill the accept queue of a loopback listener");
+}
+
+UnansweredServer::~UnansweredServer() {
+    for (int fd : fillers_) ::close(fd);
+    if (listener_ >= 0) ::close(listener_);
+}
+
+std::string UnansweredServer::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
 }  // namespace luksforge::test

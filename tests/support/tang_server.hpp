@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace luksforge::test {
 
@@ -63,6 +64,23 @@ private:
     TempDir dir_;
     int port_ = 0;
     pid_t pid_ = -1;
+};
+
+// A 127.0.0.1 port that never completes a TCP handshake: a listener (backlog 0) that never accepts, its accept
+// queue filled by connections of its own, so the kernel drops further SYNs and a client's connect() hangs until
+// its own timeout (unlike a closed port, which refuses at once). Loopback only; closed when destroyed.
+class UnansweredServer {
+public:
+    UnansweredServer();
+    ~UnansweredServer();
+    UnansweredServer(const UnansweredServer&) = delete;
+    UnansweredServer& operator=(const UnansweredServer&) = delete;
+    std::string url() const;
+
+private:
+    int listener_ = -1;
+    std::vector<int> fillers_;
+    int port_ = 0;
 };
 
 // Start `socat TCP-LISTEN:port,bind=127.0.0.1,reuseaddr,fork EXEC:command` and wait until the port accepts.
