@@ -28,6 +28,35 @@ foreach(required luksforge-runtime.tmpl luksforge-arch.tmpl kickstarts/lmc-make-
   endif()
 endforeach()
 step("lmc-postbuild.py is executable" test -x ${lorax}/lmc-postbuild.py)
+# The clevis token handler (component token) and its boot hooks, when this build has them.
+if(TOKEN_PLUGIN)
+  if(IS_ABSOLUTE "${TOKEN_INSTALL_DIR}")
+    set(token_dir "${TOKEN_INSTALL_DIR}")
+  else()
+    set(token_dir "${prefix}/${TOKEN_INSTALL_DIR}")
+  endif()
+  set(handler ${token_dir}/libcryptsetup-token-clevis.so)
+  if(NOT EXISTS ${handler})
+    message(FATAL_ERROR "not installed: the clevis token handler ${handler}")
+  endif()
+  # The installed copy is the handler: it exports the ABI entry points at CRYPTSETUP_TOKEN_1.0.
+  step("nm -D the installed handler" nm -D --defined-only ${handler})
+  foreach(symbol open buffer_free validate dump version)
+    if(NOT step_output MATCHES "cryptsetup_token_${symbol}@@CRYPTSETUP_TOKEN_1\\.0")
+      message(FATAL_ERROR "installed handler ${handler} does not export cryptsetup_token_${symbol}:\n${step_output}")
+    endif()
+  endforeach()
+  foreach(hook ${INSTALL_DATADIR}/initramfs-tools/hooks/luksforge-token-clevis
+               ${INSTALL_DATADIR}/initramfs-tools/scripts/local-top/luksforge-token-clevis
+               lib/dracut/modules.d/90luksforge-token-clevis/module-setup.sh)
+    if(NOT EXISTS ${prefix}/${hook})
+      message(FATAL_ERROR "not installed: ${hook}")
+    endif()
+    # initramfs-tools and dracut run them as programs.
+    step("${hook} is executable" test -x ${prefix}/${hook})
+  endforeach()
+endif()
+
 file(GLOB_RECURSE config_files ${prefix}/*/luksforgeConfig.cmake)
 file(GLOB_RECURSE pc_files ${prefix}/*/luksforge.pc)
 file(GLOB_RECURSE sonames ${prefix}/*/libluksforge.so.*)
