@@ -62,6 +62,27 @@ void* operator new(std::size_t size) {
 }
 // (libstdc++'s operator delete frees with free(), which matches the malloc() above.)
 
+// free() of this binary, for the same reason: the handler's free() is this one. When `g_watched_free` is the pointer
+// being freed, it records whether its first `g_watched_size` bytes were all zero, before glibc's free (which
+// writes its own bookkeeping into the chunk) gets it.
+namespace {
+std::atomic<void*> g_watched_free{nullptr};
+std::atomic<std::size_t> g_watched_size{0};
+std::atomic<int> g_watched_zero{-1};  // -1 not freed yet, 0 freed with data left in it, 1 freed wiped
+}  // namespace
+
+extern "C" void __libc_free(void*);
+extern "C" void free(void* p) noexcept {
+    void* watched = g_watched_free.load(std::memory_order_acquire);
+    if (p != nullptr && p == watched && g_watched_free.compare_exchange_strong(watched, nullptr)) {
+        const volatile unsigned char* bytes = static_cast<const unsigned char*>(p);
+        bool zero = true;
+        for (std::size_t i = 0, n = g_watched_size.load(); i < n; ++i) zero = zero && bytes[i] == 0;
+        g_watched_zero.store(zero ? 1 : 0, std::memory_order_release);
+    }
+    __libc_free(p);
+}
+
 namespace {
 
 // Run `body` in a forked child; its exit status (or 128+signal when it died of one, e.g. SIGABRT from
@@ -329,6 +350,33 @@ TEST_CASE("the handler's open hands libcryptsetup the keyslot passphrase; valida
         CHECK(abi.validate(nullptr, garbage.c_str()) == -EINVAL);
         abi.dump(nullptr, garbage.c_str());  // prints "malformed token", must not crash
     }
+}
+
+// libcryptsetup hands the buffer back to cryptsetup_token_buffer_free, which must wipe it before free().
+TEST_CASE("buffer_free zeroes the passphrase buffer before it is freed") {
+    HandlerAbi abi;
+    REQUIRE(abi.handle != nullptr);
+    TangServer tang;
+    Image image;
+    luksforge_bind(image, "tang", pinned(tang));
+    crypt_device* cd = nullptr;
+    REQUIRE(crypt_init(&cd, image.str().c_str()) == 0);
+    REQUIRE(crypt_load(cd, CRYPT_LUKS2, nullptr) == 0);
+    char* buffer = nullptr;
+    size_t length = 0;
+    REQUIRE(abi.open(cd, 0, &buffer, &length, nullptr) == 0);
+    crypt_free(cd);
+    REQUIRE(buffer != nullptr);
+    REQUIRE(length > 0);
+    CHECK(std::any_of(buffer, buffer + length, [](char c) { return c != 0; }));  // a real passphrase to wipe
+    g_watched_zero = -1;
+    g_watched_size = length;
+    g_watched_free = buffer;
+    abi.free(buffer, length);
+    const int wiped = g_watched_zero.load();
+    g_watched_free = nullptr;
+    CHECK_MESSAGE(wiped != -1, "the handler did not free() the buffer it was given");
+    CHECK_MESSAGE(wiped == 1, "the passphrase buffer was freed without being wiped");
 }
 
 // validate and dump catch everything; their catch blocks must not allocate either, or a std::bad_alloc thrown
