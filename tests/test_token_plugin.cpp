@@ -512,6 +512,28 @@ TEST_CASE("SIGINT or SIGTERM during a stalled Tang request: cryptsetup open --to
         CHECK(r.result.out.find(passphrase) == std::string::npos);
         CHECK(r.result.err.find(passphrase) == std::string::npos);
     }
+
+    // sss over two stalled servers (bound offline with the real Tang's advertisement): the children, which run in
+    // threads of their own, are cancelled too.
+    BadServer stalled_a(200, "{}", 40), stalled_b(200, "{}", 40);
+    Image sss_image;
+    const std::string adv = tang.advertisement();
+    {
+        clevis::BindOptions unproven;  // the servers never answer: nothing to prove the binding with
+        unproven.verify = false;
+        Volume volume = Volume::open(sss_image.path);
+        clevis::bind(volume, "sss",
+                     R"({"t":1,"pins":{"tang":[{"url":")" + stalled_a.url() + R"(","adv":)" + adv + R"(},{"url":")" +
+                         stalled_b.url() + R"(","adv":)" + adv + "}]}}",
+                     kPass, unproven);
+    }
+    const Interrupted r = run_and_signal(
+        handler.wrap({"cryptsetup", "open", "--test-passphrase", "--token-only", "-v", sss_image.str()}),
+        [&] { return stalled_a.requested() && stalled_b.requested(); }, 0.8, SIGINT);
+    REQUIRE_MESSAGE(r.became_ready, r.result.err);
+    CHECK_MESSAGE(r.result.exit_code == 1, r.result.exit_code, ": ", r.result.err);
+    CHECK_MESSAGE(r.seconds_after_signal < 3, r.seconds_after_signal, " s: ", r.result.err);
+    CHECK_MESSAGE(r.result.err.find("Token 0 (clevis): cancelled by SIGINT") != std::string::npos, r.result.err);
 }
 
 namespace {
