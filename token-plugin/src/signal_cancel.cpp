@@ -39,7 +39,8 @@ extern "C" void on_cancel_signal(int sig, siginfo_t* info, void* context) {
     if (slot >= 0) {
         const struct sigaction& previous = g_previous[slot];
         if ((previous.sa_flags & SA_SIGINFO) != 0) {
-            if (previous.sa_sigaction != nullptr) previous.sa_sigaction(sig, info, context);
+            if (previous.sa_sigaction != nullptr && previous.sa_sigaction != &on_cancel_signal)
+                previous.sa_sigaction(sig, info, context);
         } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN &&
                    previous.sa_handler != nullptr) {
             previous.sa_handler(sig);
@@ -62,9 +63,10 @@ void install() noexcept {
     g_signal.store(0);
     for (int i = 0; i < kCount; ++i) {
         g_installed[i] = false;
-        if (::sigaction(kSignals[i], nullptr, &g_previous[i]) != 0 || !host_handler(g_previous[i]) ||
-            is_ours(g_previous[i]))
-            continue;
+        // Read into a local first: g_previous must never hold our own action (the handler would call itself).
+        struct sigaction current = {};
+        if (::sigaction(kSignals[i], nullptr, &current) != 0 || is_ours(current) || !host_handler(current)) continue;
+        g_previous[i] = current;
         struct sigaction ours = {};
         ours.sa_sigaction = &on_cancel_signal;
         ours.sa_mask = g_previous[i].sa_mask;  // what the host's handler expects to run with
