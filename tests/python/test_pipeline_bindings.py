@@ -153,6 +153,8 @@ def test_stamp_clone_audit(tang, luks_image, passphrase, tmp_path):
     assert audit.flagged_groups == 1 and len(audit.volumes) == 4
     assert {m.image for m in audit.groups[0].members} == {str(luks_image), str(tmp_path / "clone.img")}
     assert "clone.img" in audit.to_text()
+    (binding,) = [m for m in audit.groups[0].members if m.image == str(luks_image)][0].clevis
+    assert binding.pin == "tang" and binding.keyslot >= 0 and tang.url in binding.config and binding.problem == ""
     # The sealed image's binding trusts this Tang, whose private keys are on the audited host.
     exposed = luksforge.audit([luks_image], tang_key_dirs=[tang.keydir])
     assert exposed.tang_keys_in_images == []

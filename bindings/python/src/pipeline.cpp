@@ -122,12 +122,18 @@ void register_pipeline(py::module_& m) {
         .def("to_json", &StampReport::to_json)
         .def("to_dict", [](const StampReport& r) { return json_object(r.to_json()); });
 
+    py::class_<AuditedBinding>(m, "AuditedBinding", "A Clevis binding of an audited volume, as `clevis luks list` shows it.")
+        .def_readonly("keyslot", &AuditedBinding::keyslot)
+        .def_readonly("pin", &AuditedBinding::pin)
+        .def_readonly("config", &AuditedBinding::config)
+        .def_readonly("problem", &AuditedBinding::problem);
     py::class_<AuditedVolume>(m, "AuditedVolume")
         .def_readonly("image", &AuditedVolume::image)
         .def_readonly("partition", &AuditedVolume::partition)
         .def_readonly("luks_version", &AuditedVolume::luks_version)
         .def_readonly("uuid", &AuditedVolume::uuid)
-        .def_readonly("fingerprint", &AuditedVolume::fingerprint);
+        .def_readonly("fingerprint", &AuditedVolume::fingerprint)
+        .def_readonly("clevis", &AuditedVolume::clevis);
     py::class_<AuditGroup>(m, "AuditGroup", "Volumes sharing one volume key.")
         .def_readonly("fingerprint", &AuditGroup::fingerprint)
         .def_readonly("members", &AuditGroup::members)
