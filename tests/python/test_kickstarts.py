@@ -25,7 +25,7 @@ TEMPLATES = SOURCE_DIR / "lorax-templates/kickstarts"
 KINDS = ("lmc-make-disk", "virt-install")
 POST = re.compile(r"^%post\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
 PRE = re.compile(r"^%pre\b(?P<args>[^\n]*)\n(?P<body>.*?)^%end\b", re.M | re.S)
-PART_INCLUDE = "/tmp/luksforge-root-part.ks"  # where the templates' %pre writes the root `part` line
+PART_INCLUDE = "/run/luksforge/root-part.ks"  # where the templates' %pre writes the root `part` line
 CLI = os.environ.get("LUKSFORGE_CLI", "luksforge")
 
 

@@ -201,7 +201,7 @@ def test_arch_template_refuses_a_kickstart_with_a_passphrase_of_its_own(kickstar
     a fixed one, never go onto boot.iso; the rendered kickstart, whose %pre makes one per install, does."""
     rendered = rendered_kickstart(kickstart, tang, tmp_path).read_text()
     fixed = "part / --fstype=xfs --size=4096 --encrypted --luks-version=luks2 --passphrase=" + "A1b2" * 11
-    include = "%include /tmp/luksforge-root-part.ks\n"
+    include = "%include /run/luksforge/root-part.ks\n"
     assert include in rendered
     for bad_text, error in ((kickstart.read_text(), "unrendered"),
                             (rendered.replace(include, fixed + "\n"), "fixed build passphrase"),
