@@ -341,11 +341,10 @@ TEST_CASE("bad-sss: an sss config with a malformed URL fails the bind (exit 7), 
 
 // ---- issue 18, item 7: LUKS1 with luksmeta (list-tang-luks1, pass-tang-luks1, unlock-tang-luks1) ---------
 
-TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlocks; writing is refused with a path that works") {
-    TangServer tang;
-    TempDir dir;
-    const fs::path dev = dir / "luks1-device";
-    const fs::path pass = dir / "pass";
+namespace {
+
+// A 32 MiB LUKS1 volume (passphrase in `pass`) bound to `tang` by stock `clevis luks bind`: a luksmeta slot.
+void luks1_bound_by_stock_clevis(const fs::path& dev, const fs::path& pass, const TangServer& tang) {
     make_sparse_file(dev, 32 * kMiB);
     write_file(pass, kDefaultPass);
     run_ok({"cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
@@ -353,6 +352,16 @@ TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlo
     REQUIRE(run({"clevis", "luks", "bind", "-f", "-y", "-d", dev.string(), "-k", pass.string(), "tang",
                  R"({"url":")" + tang.url() + R"("})"})
                 .exit_code == 0);
+}
+
+}  // namespace
+
+TEST_CASE("LUKS1 bound by stock clevis (luksmeta): luksforge lists, passes, unlocks; writing is refused with a path that works") {
+    TangServer tang;
+    TempDir dir;
+    const fs::path dev = dir / "luks1-device";
+    const fs::path pass = dir / "pass";
+    luks1_bound_by_stock_clevis(dev, pass, tang);
     const std::string listed = "1: tang '{\"url\":\"" + tang.url() + "\"}'\n";
     CHECK(run_ok({"clevis", "luks", "list", "-d", dev.string()}) == listed);
     CHECK(run_cli({"list", dev.string()}).out == listed);
@@ -414,13 +423,7 @@ TEST_CASE("audit on LUKS1 bound by stock clevis (luksmeta): listed with its bind
     const fs::path dev = fleet / "luks1-a.img";
     const fs::path copy = fleet / "luks1-b.img";
     const fs::path pass = dir / "pass";
-    make_sparse_file(dev, 32 * kMiB);
-    write_file(pass, kDefaultPass);
-    run_ok({"cryptsetup", "luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000",
-            dev.string(), "--key-file", pass.string()});
-    REQUIRE(run({"clevis", "luks", "bind", "-f", "-y", "-d", dev.string(), "-k", pass.string(), "tang",
-                 R"({"url":")" + tang.url() + R"("})"})
-                .exit_code == 0);
+    luks1_bound_by_stock_clevis(dev, pass, tang);
     run_ok({"cp", "--sparse=always", dev.string(), copy.string()});
 
     const RunResult r = run_cli({"audit", fleet.string(), "--json", "--tang-key-dir", (dir / "none").string()});
