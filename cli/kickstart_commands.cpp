@@ -13,9 +13,12 @@
 #include <luksforge/pin.hpp>
 #include <luksforge/policy.hpp>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -136,23 +139,33 @@ std::string render(std::string_view text, const std::string& source) {
     return out;
 }
 
-// A new file (or, with --force, a replaced one), written whole or not at all.
+// A new file (or, with --force, a replaced one), written whole or not at all: into a partial file private to
+// this process, then published by link() (fails if `out` exists, atomically) or, with --force, rename().
 void write_kickstart(const std::filesystem::path& out, const std::string& text, bool force) {
-    std::error_code ec;
-    if (!force && std::filesystem::symlink_status(out, ec).type() != std::filesystem::file_type::not_found)
-        throw Error(EEXIST, out.string() + " exists (--force replaces it)");
-    const std::filesystem::path partial = out.string() + ".partial";
+    const std::filesystem::path partial = out.string() + "." + std::to_string(::getpid()) + ".partial";
+    const auto fail = [&](int code, const std::string& message) {
+        std::error_code ignored;
+        std::filesystem::remove(partial, ignored);
+        throw Error(code, message);
+    };
     {
         std::ofstream file(partial, std::ios::binary | std::ios::trunc);
         file << text;
         file.flush();
-        if (!file) throw Error(EIO, "cannot write " + partial.string());
+        if (!file) fail(EIO, "cannot write " + partial.string());
     }
-    std::filesystem::rename(partial, out, ec);
-    if (ec) {
-        std::filesystem::remove(partial);
-        throw Error(ec.value(), "cannot write " + out.string() + ": " + ec.message());
+    if (force) {
+        if (::rename(partial.c_str(), out.c_str()) != 0)
+            fail(errno, "cannot write " + out.string() + ": " + std::strerror(errno));
+        return;
     }
+    if (::link(partial.c_str(), out.c_str()) != 0) {
+        const int code = errno;
+        fail(code, code == EEXIST ? out.string() + " exists (--force replaces it)"
+                                  : "cannot write " + out.string() + ": " + std::strerror(code));
+    }
+    std::error_code ignored;
+    std::filesystem::remove(partial, ignored);
 }
 
 int run_kickstart(const KickstartOptions& options) {
