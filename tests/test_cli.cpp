@@ -370,3 +370,80 @@ TEST_CASE("SIGTERM pauses rekey cleanly; running rekey again finishes it") {
     CHECK(volume.fingerprint() != before);
     CHECK(volume.test_passphrase(kPass).has_value());
 }
+
+namespace {
+
+// The loader's own account of the files it opens (LD_DEBUG=files), on stderr with the command's own.
+RunResult run_cli_traced(const std::vector<std::string>& args) {
+    std::vector<std::string> argv{"env", "LD_DEBUG=files", LUKSFORGE_CLI};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run(argv);
+}
+
+bool loaded(const RunResult& r, const std::string& soname) {
+    return r.err.find("file=" + soname + " ") != std::string::npos ||
+           r.err.find("file=" + soname + ";") != std::string::npos ||
+           r.err.find("file=" + soname + " [") != std::string::npos;
+}
+
+// Run the CLI with `library` (a soname, as the loader finds it) replaced by an empty file, in a private mount
+// namespace: as on a system where that package is not installed.
+RunResult run_cli_without(const std::string& library, const std::vector<std::string>& args) {
+    const std::string where = run_ok({"sh", "-c", "ldconfig -p | awk '$1 == \"" + library + "\" { print $NF; exit }'"});
+    REQUIRE_MESSAGE(!where.empty(), library << " is not in the loader's cache");
+    std::vector<std::string> argv{"unshare", "-m", "sh", "-c",
+                                  "mount --bind /dev/null \"$0\" && exec \"$@\"",
+                                  where.substr(0, where.find('\n')), LUKSFORGE_CLI};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run(argv);
+}
+
+}  // namespace
+
+// libcurl, libpq and tpm2-tss are loaded when a command first needs them (lib/src/util/dynamic_library.hpp),
+// not by every command: they bring ~35 shared libraries that cost ~5 ms at each start.
+TEST_CASE("libcurl, libpq and tpm2-tss load only for the commands that use them") {
+    TempDir dir;
+    write_file(dir / "pass", kPass);
+    REQUIRE(format(dir / "disk.img", dir / "pass", {"--size", std::to_string(32 * kMiB)}).exit_code == 0);
+
+    SUBCASE("inspect and format load none of them") {
+        for (const RunResult& r : {run_cli_traced({"inspect", (dir / "disk.img").string()}),
+                                   run_cli_traced({"format", (dir / "other.img").string(), "--size",
+                                                   std::to_string(32 * kMiB), "--passphrase-file",
+                                                   (dir / "pass").string(), "--pbkdf", "pbkdf2",
+                                                   "--pbkdf-iterations", "1000"})}) {
+            CHECK_MESSAGE(r.exit_code == 0, r.err.substr(r.err.size() > 2000 ? r.err.size() - 2000 : 0));
+            REQUIRE(loaded(r, "libcryptsetup.so.12"));  // the trace works: the library luksforge links is in it
+            CHECK_FALSE(loaded(r, "libcurl.so.4"));
+            CHECK_FALSE(loaded(r, "libpq.so.5"));
+            CHECK_FALSE(loaded(r, "libtss2-esys.so.0"));
+        }
+    }
+    SUBCASE("a tang bind loads libcurl (and only it)") {
+        // Nothing listens on port 1: the bind fails, after libcurl was loaded to ask.
+        const RunResult r = run_cli_traced({"bind", (dir / "disk.img").string(), "tang",
+                                            R"({"url":"http://127.0.0.1:1"})", "--passphrase-file",
+                                            (dir / "pass").string()});
+        CHECK(r.exit_code != 0);
+        CHECK(loaded(r, "libcurl.so.4"));
+        CHECK_FALSE(loaded(r, "libpq.so.5"));
+        CHECK_FALSE(loaded(r, "libtss2-esys.so.0"));
+    }
+    SUBCASE("without libcurl: a one-line error that names it, and the image is untouched") {
+        const std::string before = sha256_file(dir / "disk.img");
+        const RunResult r = run_cli_without("libcurl.so.4", {"bind", (dir / "disk.img").string(), "tang",
+                                                             R"({"url":"http://127.0.0.1:1"})", "--passphrase-file",
+                                                             (dir / "pass").string()});
+        CHECK(r.exit_code == 1);
+        check_one_line_error(r, "talking to a Tang server (HTTP) needs libcurl.so.4, which cannot be loaded");
+        CHECK(sha256_file(dir / "disk.img") == before);
+        // Commands that never reach a server still work without it.
+        CHECK(run_cli_without("libcurl.so.4", {"inspect", (dir / "disk.img").string()}).exit_code == 0);
+    }
+    SUBCASE("without libpq: a PostgreSQL ledger says what is missing") {
+        const RunResult r = run_cli_without("libpq.so.5", {"audit", "--ledger", "postgresql://127.0.0.1:1/none"});
+        CHECK(r.exit_code != 0);
+        check_one_line_error(r, "a PostgreSQL ledger needs libpq.so.5, which cannot be loaded");
+    }
+}

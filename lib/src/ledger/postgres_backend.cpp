@@ -4,6 +4,7 @@
 // lease clock is the server's wall clock when each statement runs (never the transaction's start time).
 // Credentials never travel in the URL: libpq reads PGPASSFILE / a service file.
 #include "ledger/backend.hpp"
+#include "ledger/libpq_api.hpp"
 
 #include <libpq-fe.h>
 
@@ -18,12 +19,12 @@ namespace luksforge::detail {
 namespace {
 
 struct ConnectionDeleter {
-    void operator()(PGconn* connection) const noexcept { PQfinish(connection); }
+    void operator()(PGconn* connection) const noexcept { libpq().finish(connection); }
 };
 using ConnectionPtr = std::unique_ptr<PGconn, ConnectionDeleter>;
 
 struct ResultDeleter {
-    void operator()(PGresult* result) const noexcept { PQclear(result); }
+    void operator()(PGresult* result) const noexcept { libpq().clear(result); }
 };
 using ResultPtr = std::unique_ptr<PGresult, ResultDeleter>;
 
@@ -65,16 +66,16 @@ static_assert(std::size(migrations) == kLedgerSchemaVersion);
 // A password in the URL would sit in argv, shell history and logs.
 void refuse_password_in_url(const std::string& url) {
     char* error = nullptr;
-    PQconninfoOption* options = PQconninfoParse(url.c_str(), &error);
+    PQconninfoOption* options = libpq().conninfoParse(url.c_str(), &error);
     if (options == nullptr) {
         std::string message = error != nullptr ? error : "out of memory";
-        PQfreemem(error);
+        libpq().freemem(error);
         throw FormatError("bad ledger URL " + url + ": " + message);
     }
     bool has_password = false;
     for (PQconninfoOption* o = options; o->keyword != nullptr; ++o)
         if (std::string(o->keyword) == "password" && o->val != nullptr && *o->val != '\0') has_password = true;
-    PQconninfoFree(options);
+    libpq().conninfoFree(options);
     if (has_password)
         throw FormatError("the ledger URL carries a password; put it in PGPASSFILE (~/.pgpass) or a service file");
 }
@@ -86,20 +87,20 @@ public:
         // Later parameters override earlier ones: the URL's own settings win over these defaults.
         const char* keywords[] = {"application_name", "connect_timeout", "dbname", nullptr};
         const char* values[] = {"luksforge", "10", url.c_str(), nullptr};
-        connection_.reset(PQconnectdbParams(keywords, values, 1));
+        connection_.reset(libpq().connectdbParams(keywords, values, 1));
         if (!connection_) throw Error(ENOMEM, "cannot connect to the ledger " + url_);
-        if (PQstatus(connection_.get()) != CONNECTION_OK)
+        if (libpq().status(connection_.get()) != CONNECTION_OK)
             throw Error(ECONNREFUSED, "cannot connect to the ledger " + url_ + ": " + last_error());
         // Server notices (e.g. "terminating connection due to administrator command") would go to stderr raw;
         // the error that follows carries them.
-        PQsetNoticeProcessor(connection_.get(), [](void*, const char*) {}, nullptr);
+        libpq().setNoticeProcessor(connection_.get(), [](void*, const char*) {}, nullptr);
         run("SET client_min_messages = warning", {}, "ledger session");
         migrate();
     }
 
     int schema_version() override {
         ResultPtr result = run("SELECT MAX(version) FROM schema_version", {}, "ledger schema version");
-        return PQgetisnull(result.get(), 0, 0) ? 0 : std::stoi(PQgetvalue(result.get(), 0, 0));
+        return libpq().getisnull(result.get(), 0, 0) ? 0 : std::stoi(libpq().getvalue(result.get(), 0, 0));
     }
 
     std::int64_t record(LedgerRecord& record) override {
@@ -126,21 +127,21 @@ public:
         LedgerRecord record;
         {
             ResultPtr row = run("SELECT fingerprint FROM instances WHERE id = $1", {std::to_string(id)}, "ledger commit");
-            if (PQntuples(row.get()) == 0)
+            if (libpq().ntuples(row.get()) == 0)
                 throw NotFoundError("reservation " + std::to_string(id) + " is not in the ledger " + url_);
-            record.fingerprint = PQgetvalue(row.get(), 0, 0);
+            record.fingerprint = libpq().getvalue(row.get(), 0, 0);
         }
         lock_fingerprint(record.fingerprint);
         ResultPtr row = run("SELECT image, state, lease_expires > " LEDGER_NOW ", max_instances FROM instances "
                             "WHERE id = $1",
                             {std::to_string(id)}, "ledger commit");
-        if (PQntuples(row.get()) == 0)
+        if (libpq().ntuples(row.get()) == 0)
             throw NotFoundError("reservation " + std::to_string(id) + " is not in the ledger " + url_);
-        record.image = PQgetvalue(row.get(), 0, 0);
-        if (std::string(PQgetvalue(row.get(), 0, 1)) == "committed") return;
-        if (std::string(PQgetvalue(row.get(), 0, 2)) != "t") {
+        record.image = libpq().getvalue(row.get(), 0, 0);
+        if (std::string(libpq().getvalue(row.get(), 0, 1)) == "committed") return;
+        if (std::string(libpq().getvalue(row.get(), 0, 2)) != "t") {
             // The lease ran out: others may have taken the slot since.
-            const std::uint64_t max_instances = std::stoull(PQgetvalue(row.get(), 0, 3));
+            const std::uint64_t max_instances = std::stoull(libpq().getvalue(row.get(), 0, 3));
             const std::uint64_t count = count_live(record.fingerprint);
             if (!live_image(record.fingerprint, record.image) && count + 1 > max_instances) {
                 run("DELETE FROM instances WHERE id = $1", {std::to_string(id)}, "ledger commit");
@@ -167,8 +168,8 @@ public:
                                        : run(LEDGER_COLUMNS "ORDER BY id", {}, "ledger");
 #undef LEDGER_COLUMNS
         std::vector<LedgerRecord> out;
-        for (int i = 0; i < PQntuples(result.get()); ++i) {
-            const auto text = [&](int column) { return std::string(PQgetvalue(result.get(), i, column)); };
+        for (int i = 0; i < libpq().ntuples(result.get()); ++i) {
+            const auto text = [&](int column) { return std::string(libpq().getvalue(result.get(), i, column)); };
             LedgerRecord r;
             r.id = std::stoll(text(0));
             r.fingerprint = text(1);
@@ -195,7 +196,7 @@ private:
         Transaction(const Transaction&) = delete;
         Transaction& operator=(const Transaction&) = delete;
         ~Transaction() noexcept {
-            if (!done_) PQclear(PQexec(backend_.connection_.get(), "ROLLBACK"));
+            if (!done_) libpq().clear(libpq().exec(backend_.connection_.get(), "ROLLBACK"));
         }
         void commit() {
             backend_.run("COMMIT", {}, "ledger commit");
@@ -210,7 +211,7 @@ private:
     // libpq's message on one line ("server closed the connection unexpectedly\n\tThis probably means ...").
     std::string last_error() const {
         std::string message;
-        for (const char* c = PQerrorMessage(connection_.get()); *c != '\0'; ++c) {
+        for (const char* c = libpq().errorMessage(connection_.get()); *c != '\0'; ++c) {
             const bool space = *c == '\n' || *c == '\t' || *c == ' ';
             if (space && (message.empty() || message.back() == ' ')) continue;
             message += space ? ' ' : *c;
@@ -222,17 +223,17 @@ private:
     ResultPtr run(const char* sql, std::initializer_list<std::string> params, const char* what) {
         std::vector<const char*> values;
         for (const std::string& p : params) values.push_back(p.c_str());
-        ResultPtr result(PQexecParams(connection_.get(), sql, static_cast<int>(values.size()), nullptr, values.data(),
+        ResultPtr result(libpq().execParams(connection_.get(), sql, static_cast<int>(values.size()), nullptr, values.data(),
                                       nullptr, nullptr, 0));
-        const ExecStatusType status = result ? PQresultStatus(result.get()) : PGRES_FATAL_ERROR;
+        const ExecStatusType status = result ? libpq().resultStatus(result.get()) : PGRES_FATAL_ERROR;
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
         std::string message = std::string(what) + " " + url_ + ": " + last_error();
-        const char* state = result ? PQresultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
+        const char* state = result ? libpq().resultErrorField(result.get(), PG_DIAG_SQLSTATE) : nullptr;
         // libpq may not mark the connection bad on the first failed query after the server went away: a failure
         // the server never sent a SQLSTATE for, a connection exception (08...) or a shutdown (57P01-57P03) is a
         // lost connection too.
         const std::string code = state != nullptr ? state : "";
-        if (PQstatus(connection_.get()) == CONNECTION_BAD || code.empty() || code.starts_with("08") ||
+        if (libpq().status(connection_.get()) == CONNECTION_BAD || code.empty() || code.starts_with("08") ||
             code == "57P01" || code == "57P02" || code == "57P03")
             throw Error(ECONNRESET, "lost the connection to the " + message);
         if (state != nullptr && (std::string(state) == "40001" || std::string(state) == "40P01"))
@@ -242,8 +243,8 @@ private:
 
     // Simple-query protocol: several statements in one string.
     void run_script(const char* sql, const char* what) {
-        ResultPtr result(PQexec(connection_.get(), sql));
-        if (!result || PQresultStatus(result.get()) != PGRES_COMMAND_OK)
+        ResultPtr result(libpq().exec(connection_.get(), sql));
+        if (!result || libpq().resultStatus(result.get()) != PGRES_COMMAND_OK)
             throw Error(EIO, std::string(what) + " " + url_ + ": " + last_error());
     }
 
@@ -254,13 +255,13 @@ private:
     std::uint64_t count_live(const std::string& fingerprint) {
         ResultPtr result = run("SELECT COUNT(DISTINCT image) FROM instances WHERE fingerprint = $1 AND " LEDGER_LIVE,
                                {fingerprint}, "ledger count");
-        return std::stoull(PQgetvalue(result.get(), 0, 0));
+        return std::stoull(libpq().getvalue(result.get(), 0, 0));
     }
 
     bool live_image(const std::string& fingerprint, const std::string& image) {
         ResultPtr result = run("SELECT 1 FROM instances WHERE fingerprint = $1 AND image = $2 AND " LEDGER_LIVE " LIMIT 1",
                                {fingerprint, image}, "ledger query");
-        return PQntuples(result.get()) > 0;
+        return libpq().ntuples(result.get()) > 0;
     }
 
     std::int64_t insert(LedgerRecord& record, bool reserved, std::int64_t lease_seconds, std::uint64_t max_instances) {
@@ -273,16 +274,16 @@ private:
              record.event, reserved ? "reserved" : "committed", std::to_string(reserved ? lease_seconds : 0),
              std::to_string(max_instances), record.host},
             "ledger insert");
-        record.id = std::stoll(PQgetvalue(result.get(), 0, 0));
+        record.id = std::stoll(libpq().getvalue(result.get(), 0, 0));
         return record.id;
     }
 
     int read_version() {
         run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", {}, "ledger schema version");
         ResultPtr version = run("SELECT MAX(version) FROM schema_version", {}, "ledger schema version");
-        if (!PQgetisnull(version.get(), 0, 0)) return std::stoi(PQgetvalue(version.get(), 0, 0));
+        if (!libpq().getisnull(version.get(), 0, 0)) return std::stoi(libpq().getvalue(version.get(), 0, 0));
         ResultPtr table = run("SELECT to_regclass('instances') IS NOT NULL", {}, "ledger schema version");
-        return std::string(PQgetvalue(table.get(), 0, 0)) == "t" ? 1 : 0;
+        return std::string(libpq().getvalue(table.get(), 0, 0)) == "t" ? 1 : 0;
     }
 
     void migrate() {

@@ -1,6 +1,7 @@
 // Tang client over libcurl and libjose: advertisement fetch and verification, trust decision, recovery.
 #include <luksforge/tang.hpp>
 
+#include "tang/curl_api.hpp"
 #include "util/error_util.hpp"
 #include "util/jose_util.hpp"
 #include "util/json_util.hpp"
@@ -103,15 +104,15 @@ using detail::json_share;
 void global_curl_init() {
     static std::once_flag once;
     static CURLcode status = CURLE_OK;
-    std::call_once(once, [] { status = curl_global_init(CURL_GLOBAL_DEFAULT); });
-    if (status != CURLE_OK) throw TangError(std::string("cannot initialise libcurl: ") + curl_easy_strerror(status));
+    std::call_once(once, [] { status = detail::curl().global_init(CURL_GLOBAL_DEFAULT); });
+    if (status != CURLE_OK) throw TangError(std::string("cannot initialise libcurl: ") + detail::curl().easy_strerror(status));
 }
 
 struct CurlDeleter {
-    void operator()(CURL* curl) const noexcept { curl_easy_cleanup(curl); }
+    void operator()(CURL* curl) const noexcept { detail::curl().easy_cleanup(curl); }
 };
 struct SlistDeleter {
-    void operator()(curl_slist* list) const noexcept { curl_slist_free_all(list); }
+    void operator()(curl_slist* list) const noexcept { detail::curl().slist_free_all(list); }
 };
 
 // State the C callbacks touch; they only record, never throw.
@@ -173,41 +174,41 @@ struct Client::Impl {
 
     Response perform(const std::string& target, const std::string* post_body, const char* content_type) {
         CURL* handle = curl.get();
-        curl_easy_reset(handle);
+        detail::curl().easy_reset(handle);
         Transfer transfer;
         transfer.max_bytes = options.max_response_bytes;
         transfer.cancel = options.cancel.get();
         char error_buffer[CURL_ERROR_SIZE] = {};
 
         std::unique_ptr<curl_slist, SlistDeleter> headers;
-        curl_easy_setopt(handle, CURLOPT_URL, target.c_str());
-        curl_easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: safe in threads (sss)
-        curl_easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, options.connect_timeout_ms);
-        curl_easy_setopt(handle, CURLOPT_TIMEOUT_MS, options.total_timeout_ms);
-        curl_easy_setopt(handle, CURLOPT_FOLLOWLOCATION, options.follow_redirects ? 1L : 0L);
-        curl_easy_setopt(handle, CURLOPT_MAXREDIRS, 3L);
-        curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, error_buffer);
-        curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, &on_body);
-        curl_easy_setopt(handle, CURLOPT_WRITEDATA, &transfer);
-        curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, &on_progress);
-        curl_easy_setopt(handle, CURLOPT_XFERINFODATA, &transfer);
-        curl_easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(handle, CURLOPT_USERAGENT, "luksforge");
+        detail::curl().easy_setopt(handle, CURLOPT_URL, target.c_str());
+        detail::curl().easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
+        detail::curl().easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        detail::curl().easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: safe in threads (sss)
+        detail::curl().easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, options.connect_timeout_ms);
+        detail::curl().easy_setopt(handle, CURLOPT_TIMEOUT_MS, options.total_timeout_ms);
+        detail::curl().easy_setopt(handle, CURLOPT_FOLLOWLOCATION, options.follow_redirects ? 1L : 0L);
+        detail::curl().easy_setopt(handle, CURLOPT_MAXREDIRS, 3L);
+        detail::curl().easy_setopt(handle, CURLOPT_ERRORBUFFER, error_buffer);
+        detail::curl().easy_setopt(handle, CURLOPT_WRITEFUNCTION, &on_body);
+        detail::curl().easy_setopt(handle, CURLOPT_WRITEDATA, &transfer);
+        detail::curl().easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, &on_progress);
+        detail::curl().easy_setopt(handle, CURLOPT_XFERINFODATA, &transfer);
+        detail::curl().easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
+        detail::curl().easy_setopt(handle, CURLOPT_USERAGENT, "luksforge");
         if (options.max_response_bytes > 0)
-            curl_easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_response_bytes));
+            detail::curl().easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_response_bytes));
         if (post_body != nullptr) {
-            headers.reset(curl_slist_append(nullptr, (std::string("Content-Type: ") + content_type).c_str()));
-            curl_easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
-            curl_easy_setopt(handle, CURLOPT_POSTFIELDS, post_body->c_str());
-            curl_easy_setopt(handle, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post_body->size()));
+            headers.reset(detail::curl().slist_append(nullptr, (std::string("Content-Type: ") + content_type).c_str()));
+            detail::curl().easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
+            detail::curl().easy_setopt(handle, CURLOPT_POSTFIELDS, post_body->c_str());
+            detail::curl().easy_setopt(handle, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post_body->size()));
         }
 
-        const CURLcode rc = curl_easy_perform(handle);
-        curl_easy_setopt(handle, CURLOPT_ERRORBUFFER, nullptr);
+        const CURLcode rc = detail::curl().easy_perform(handle);
+        detail::curl().easy_setopt(handle, CURLOPT_ERRORBUFFER, nullptr);
         const std::string where = (post_body ? "POST " : "GET ") + detail::excerpt(target, 300);
-        const std::string detail = error_buffer[0] ? std::string(error_buffer) : curl_easy_strerror(rc);
+        const std::string detail = error_buffer[0] ? std::string(error_buffer) : detail::curl().easy_strerror(rc);
         switch (rc) {
         case CURLE_OK:
             break;
@@ -238,14 +239,14 @@ struct Client::Impl {
         }
 
         Response response;
-        curl_easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response.status);
+        detail::curl().easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response.status);
         char* type = nullptr;
-        if (curl_easy_getinfo(handle, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type != nullptr)
+        if (detail::curl().easy_getinfo(handle, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type != nullptr)
             response.content_type = type;
         response.body = std::move(transfer.body);
         if (response.status >= 300 && response.status < 400) {
             char* location = nullptr;
-            curl_easy_getinfo(handle, CURLINFO_REDIRECT_URL, &location);
+            detail::curl().easy_getinfo(handle, CURLINFO_REDIRECT_URL, &location);
             throw TangError("Tang server redirected (HTTP " + std::to_string(response.status) + ") " + where +
                                 (location ? std::string(" to ") + location : std::string()) +
                                 "; redirects are not followed",
@@ -433,7 +434,7 @@ Client::Client(std::string url, NetworkOptions options) : impl_(std::make_unique
     global_curl_init();
     impl_->url = request_url(url);
     impl_->options = std::move(options);
-    impl_->curl.reset(curl_easy_init());
+    impl_->curl.reset(detail::curl().easy_init());
     if (!impl_->curl) throw TangError("cannot create a libcurl handle", ENOMEM);
 }
 

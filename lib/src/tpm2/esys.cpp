@@ -54,12 +54,12 @@ bool unreachable(TSS2_RC rc) {
 
 void throw_tss(TSS2_RC rc, std::string_view what) {
     // Tss2_RC_Decode returns a static buffer: callers hold tpm_mutex().
-    const std::string text = std::string(what) + ": " + Tss2_RC_Decode(rc);
+    const std::string text = std::string(what) + ": " + tss2().Tss2_RC_Decode(rc);
     const TSS2_RC number = tpm_error_number(rc);
     if (number == TPM2_RC_POLICY_FAIL || number == TPM2_RC_PCR_CHANGED || number == TPM2_RC_PCR)
         throw PcrMismatchError(std::string(what) +
                                ": the TPM's PCR policy does not hold — a PCR this binding is sealed to has changed "
-                               "since it was made (" + Tss2_RC_Decode(rc) + ")");
+                               "since it was made (" + tss2().Tss2_RC_Decode(rc) + ")");
     if (number == TPM2_RC_OBJECT_MEMORY || number == TPM2_RC_SESSION_MEMORY)
         throw TpmError(text + " (the TPM's transient slots are full: without a resource manager another program "
                               "left objects loaded; `tpm2_flushcontext -t` frees them)", EBUSY);
@@ -68,13 +68,13 @@ void throw_tss(TSS2_RC rc, std::string_view what) {
 }
 
 Esys::Esys(const std::string& tcti_config) {
-    const TSS2_RC loaded = Tss2_TctiLdr_Initialize(tcti_config.c_str(), &tcti_);
+    const TSS2_RC loaded = tss2().Tss2_TctiLdr_Initialize(tcti_config.c_str(), &tcti_);
     if (loaded != TSS2_RC_SUCCESS)
-        throw TpmError("cannot open the TPM2 TCTI \"" + tcti_config + "\": " + Tss2_RC_Decode(loaded));
-    const TSS2_RC rc = Esys_Initialize(&context_, tcti_, nullptr);
+        throw TpmError("cannot open the TPM2 TCTI \"" + tcti_config + "\": " + tss2().Tss2_RC_Decode(loaded));
+    const TSS2_RC rc = tss2().Esys_Initialize(&context_, tcti_, nullptr);
     if (rc != TSS2_RC_SUCCESS) {
         release();
-        throw TpmError("cannot start an ESYS context over \"" + tcti_config + "\": " + Tss2_RC_Decode(rc), EIO);
+        throw TpmError("cannot start an ESYS context over \"" + tcti_config + "\": " + tss2().Tss2_RC_Decode(rc), EIO);
     }
 }
 
@@ -93,8 +93,8 @@ Esys& Esys::operator=(Esys&& other) noexcept {
 Esys::~Esys() noexcept { release(); }
 
 void Esys::release() noexcept {
-    if (context_ != nullptr) Esys_Finalize(&context_);
-    if (tcti_ != nullptr) Tss2_TctiLdr_Finalize(&tcti_);
+    if (context_ != nullptr) tss2().Esys_Finalize(&context_);
+    if (tcti_ != nullptr) tss2().Tss2_TctiLdr_Finalize(&tcti_);
     context_ = nullptr;
     tcti_ = nullptr;
 }

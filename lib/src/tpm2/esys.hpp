@@ -5,7 +5,7 @@
 
 #include <luksforge/error.hpp>
 
-#include <tss2/tss2_esys.h>
+#include "tpm2/tss2_api.hpp"
 
 #include <cstring>
 #include <memory>
@@ -39,7 +39,7 @@ inline void check_tss(TSS2_RC rc, std::string_view what) {
 // ESYS output structures, freed with Esys_Free.
 template <class T>
 struct EsysFree {
-    void operator()(T* p) const noexcept { Esys_Free(p); }
+    void operator()(T* p) const noexcept { tss2().Esys_Free(p); }
 };
 template <class T>
 using EsysPtr = std::unique_ptr<T, EsysFree<T>>;
@@ -49,7 +49,7 @@ template <class T>
 struct EsysWipeFree {
     void operator()(T* p) const noexcept {
         if (p != nullptr) explicit_bzero(p, sizeof *p);
-        Esys_Free(p);
+        tss2().Esys_Free(p);
     }
 };
 template <class T>
@@ -99,7 +99,7 @@ public:
 
 private:
     void flush() noexcept {
-        if (context_ != nullptr && handle_ != ESYS_TR_NONE) Esys_FlushContext(context_, handle_);
+        if (context_ != nullptr && handle_ != ESYS_TR_NONE) tss2().Esys_FlushContext(context_, handle_);
         context_ = nullptr;
         handle_ = ESYS_TR_NONE;
     }
