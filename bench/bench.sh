@@ -195,24 +195,37 @@ stamp_case() {  # $1 case name, $2 MiB, $3 count, $4 rounds
 }
 stamp_case "stamp ${count}x${mib}M" "$mib" "$count" "$rounds"
 
-# A sparse base (a tenth of its data area written) costs time in proportion to its allocated bytes.
+# stamp_one CASE BYTES BASE: one instance from BASE, timed, then opened with stock clevis
+stamp_one() {
+    local inst
+    rm -rf "$work/out"; mkdir "$work/out"; sync  # freed blocks (discard) outside the timing
+    measure "$1" luksforge "$2" "$luksforge" stamp "$3" --count 1 \
+        --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
+    for inst in "$work"/out/*.img; do check_clevis_opens "$inst"; done
+}
+# A sparse base (a tenth of its data area written) costs time in proportion to its allocated bytes. An empty base
+# (LUKS2 header only, sealed the same way) measures the fixed per-instance cost (start-up, header, Tang binding and
+# proof, ledger commit, fsync, rename), so report.py can set it aside and compare the data-dependent part alone.
+# The three run interleaved in every round (empty, sparse, dense), so a drifting machine hits them alike.
 sparse_case() {
-    rm -f "$work/sparse.img"; truncate -s "${mib}M" "$work/sparse.img"
-    cryptsetup luksFormat -q --type luks2 "${pbkdf[@]}" "$work/sparse.img" "$work/pass" >/dev/null
-    dd if=/dev/urandom of="$work/sparse.img" bs=4M seek=4 count=$(( (mib - 16) / 40 )) conv=notrunc status=none
-    "$luksforge" seal "$work/sparse.img" --policy "$work/policy.toml" --build-passphrase-file "$work/pass" --no-ledger -q ${seal_copy[@]+"${seal_copy[@]}"}
-    local allocated; allocated=$(( $(stat -c %b "$work/sparse.img") * 512 ))
-    for i in $(seq "$rounds"); do
-        rm -rf "$work/out"; mkdir "$work/out"; sync
-        measure "stamp 1x${mib}M sparse" luksforge "$allocated" "$luksforge" stamp "$work/sparse.img" --count 1 \
-            --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
-        for inst in "$work"/out/*.img; do check_clevis_opens "$inst"; done
-        rm -rf "$work/out"; mkdir "$work/out"; sync
-        measure "stamp 1x${mib}M dense" luksforge $((mib << 20)) "$luksforge" stamp "$work/base.img" --count 1 \
-            --out "$work/out" --ledger "$work/ledger.db" --policy "$work/policy.toml"
-        for inst in "$work"/out/*.img; do check_clevis_opens "$inst"; done
+    local kind
+    for kind in empty sparse; do
+        rm -f "$work/$kind.img"; truncate -s "${mib}M" "$work/$kind.img"
+        cryptsetup luksFormat -q --type luks2 "${pbkdf[@]}" "$work/$kind.img" "$work/pass" >/dev/null
+        if [ "$kind" = sparse ]; then
+            dd if=/dev/urandom of="$work/sparse.img" bs=4M seek=4 count=$(( (mib - 16) / 40 )) conv=notrunc status=none
+        fi
+        "$luksforge" seal "$work/$kind.img" --policy "$work/policy.toml" --build-passphrase-file "$work/pass" --no-ledger -q ${seal_copy[@]+"${seal_copy[@]}"}
     done
-    rm -rf "$work/out" "$work/sparse.img"
+    local empty_allocated sparse_allocated
+    empty_allocated=$(( $(stat -c %b "$work/empty.img") * 512 ))
+    sparse_allocated=$(( $(stat -c %b "$work/sparse.img") * 512 ))
+    for i in $(seq "$rounds"); do
+        stamp_one "stamp 1x${mib}M empty" "$empty_allocated" "$work/empty.img"
+        stamp_one "stamp 1x${mib}M sparse" "$sparse_allocated" "$work/sparse.img"
+        stamp_one "stamp 1x${mib}M dense" $((mib << 20)) "$work/base.img"
+    done
+    rm -rf "$work/out" "$work/empty.img" "$work/sparse.img"
 }
 sparse_case
 
