@@ -8,7 +8,9 @@
 #
 # Usage: bench/bench.sh LUKSFORGE_BINARY [JSON_OUT]      (root; tang, socat, clevis, cryptsetup, openssl)
 # Environment: BENCH_ROUNDS (3), BENCH_MIB (1024), BENCH_BIG_MIB (4096, 0 = skip), BENCH_COUNT (3),
-#              BENCH_BIG_ROUNDS (BENCH_ROUNDS), BENCH_DIR (/var/tmp: the images need ~(COUNT+4) x MIB + 3 x BIG)
+#              BENCH_BIG_ROUNDS (BENCH_ROUNDS), BENCH_DIR (/var/tmp: the images need ~(COUNT+4) x MIB + 3 x BIG),
+#              BENCH_ONLY (unset = everything; "sparse" = only the sparse-base case and what it needs: Tang, the
+#              sealed dense base, then the report, whose other goals then read "not measured")
 set -euo pipefail
 luksforge=$(readlink -f "${1:?usage: $0 LUKSFORGE_BINARY [JSON_OUT]}")
 json_out=${2:-}
@@ -18,6 +20,12 @@ big_mib=${BENCH_BIG_MIB:-4096}
 count=${BENCH_COUNT:-3}
 big_rounds=${BENCH_BIG_ROUNDS:-$rounds}
 here=$(cd "$(dirname "$0")" && pwd)
+only=${BENCH_ONLY:-}
+case "$only" in
+    "" | sparse) ;;
+    *) echo "BENCH_ONLY=$only: only 'sparse' is known" >&2; exit 2;;
+esac
+whole() { [ -z "$only" ]; }  # the whole run, not a BENCH_ONLY subset
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/luksforge-bench.XXXXXX")
 socat_pid=
@@ -102,26 +110,28 @@ check_build_gone() { ! cryptsetup open --test-passphrase --key-file "$work/pass"
 echo "bench: $rounds round(s), ${mib} MiB images, stamp $count x, big ${big_mib} MiB, $(nproc) CPU(s), Tang at $url, in $work"
 
 # --- format and bind, pass ---------------------------------------------------------------------------------------
-for i in $(seq "$rounds"); do
-    rm -f "$work"/f1.img "$work"/f2.img; truncate -s 64M "$work/f1.img" "$work/f2.img"
-    measure format luksforge 0 "$luksforge" format "$work/f1.img" --passphrase-file "$work/pass" --pbkdf pbkdf2 --pbkdf-iterations 1000
-    measure format stock 0 cryptsetup luksFormat -q --type luks2 "${pbkdf[@]}" "$work/f2.img" "$work/pass"
-    for f in f1 f2; do cryptsetup open --test-passphrase --key-file "$work/pass" "$work/$f.img" || fail "format $f"; done
+if whole; then
+    for i in $(seq "$rounds"); do
+        rm -f "$work"/f1.img "$work"/f2.img; truncate -s 64M "$work/f1.img" "$work/f2.img"
+        measure format luksforge 0 "$luksforge" format "$work/f1.img" --passphrase-file "$work/pass" --pbkdf pbkdf2 --pbkdf-iterations 1000
+        measure format stock 0 cryptsetup luksFormat -q --type luks2 "${pbkdf[@]}" "$work/f2.img" "$work/pass"
+        for f in f1 f2; do cryptsetup open --test-passphrase --key-file "$work/pass" "$work/$f.img" || fail "format $f"; done
 
-    measure bind luksforge 0 "$luksforge" bind "$work/f1.img" tang "$config" --passphrase-file "$work/pass"
-    measure bind stock 0 clevis luks bind -y -d "$work/f2.img" -k "$work/pass" tang "$config"
-    check_clevis_opens "$work/f1.img"; check_clevis_opens "$work/f2.img"
+        measure bind luksforge 0 "$luksforge" bind "$work/f1.img" tang "$config" --passphrase-file "$work/pass"
+        measure bind stock 0 clevis luks bind -y -d "$work/f2.img" -k "$work/pass" tang "$config"
+        check_clevis_opens "$work/f1.img"; check_clevis_opens "$work/f2.img"
 
-    s1=$(clevis_slot "$work/f1.img")
-    measure pass luksforge 0 bash -c "'$luksforge' pass '$work/f1.img' -s $s1 > '$work/p1'"
-    measure pass stock 0 bash -c "clevis luks pass -d '$work/f1.img' -s $s1 > '$work/p2'"
-    cmp -s "$work/p1" "$work/p2" || fail "luksforge pass and clevis luks pass disagree"
-    cryptsetup open --test-passphrase --key-slot "$s1" --key-file "$work/p1" "$work/f1.img" || fail "pass"
-done
+        s1=$(clevis_slot "$work/f1.img")
+        measure pass luksforge 0 bash -c "'$luksforge' pass '$work/f1.img' -s $s1 > '$work/p1'"
+        measure pass stock 0 bash -c "clevis luks pass -d '$work/f1.img' -s $s1 > '$work/p2'"
+        cmp -s "$work/p1" "$work/p2" || fail "luksforge pass and clevis luks pass disagree"
+        cryptsetup open --test-passphrase --key-slot "$s1" --key-file "$work/p1" "$work/f1.img" || fail "pass"
+    done
+fi
 
 # --- tpm2 pin (issue 16 item 5): bind and pass against one swtpm, in bench/tpm2-bench.sh ---------------------------
 . "$here/tpm2-bench.sh"
-tpm2_bench
+whole && tpm2_bench
 
 # --- seal --------------------------------------------------------------------------------------------------------
 seal_copy=()
@@ -154,13 +164,16 @@ seal_case() {  # $1 case name, $2 MiB, $3 rounds
     done
     rm -f "$work/ours.img" "$work/stock.img"
 }
-seal_case "seal ${mib}M" "$mib" "$rounds"
+whole && seal_case "seal ${mib}M" "$mib" "$rounds"
 
 # --- stamp -------------------------------------------------------------------------------------------------------
+sealed_base() {  # $1 path $2 MiB: a dense image, sealed (the base stamp_case and sparse_case stamp from)
+    make_dense "$1" "$2"
+    "$luksforge" seal "$1" --policy "$work/policy.toml" --build-passphrase-file "$work/pass" --no-ledger -q
+}
 stamp_case() {  # $1 case name, $2 MiB, $3 count, $4 rounds
     local name=$1 size=$2 n_inst=$3 n=$4
-    make_dense "$work/base.img" "$size"
-    "$luksforge" seal "$work/base.img" --policy "$work/policy.toml" --build-passphrase-file "$work/pass" --no-ledger -q
+    sealed_base "$work/base.img" "$size"
     local base_slot base_fp plain
     base_slot=$(clevis_slot "$work/base.img"); base_fp=$(fingerprint "$work/base.img")
     clevis_pass "$work/base.img" "$base_slot" "$work/base.pass"
@@ -193,7 +206,11 @@ stamp_case() {  # $1 case name, $2 MiB, $3 count, $4 rounds
     done
     rm -rf "$work/out" "$work/stock"
 }
-stamp_case "stamp ${count}x${mib}M" "$mib" "$count" "$rounds"
+if whole; then
+    stamp_case "stamp ${count}x${mib}M" "$mib" "$count" "$rounds"
+else
+    sealed_base "$work/base.img" "$mib"  # sparse_case's dense base, made by stamp_case in the whole run
+fi
 
 # stamp_one CASE BYTES BASE: one instance from BASE, timed, then opened with stock clevis
 stamp_one() {
@@ -230,24 +247,26 @@ sparse_case() {
 sparse_case
 
 # --- the data path against the disk and the cipher ----------------------------------------------------------------
-for i in $(seq "$rounds"); do
-    measure "cp+fsync ${mib}M" cp $((mib << 20)) bash -c "cp --sparse=never '$work/base.img' '$work/copy.img' && sync '$work/copy.img'"
-    cmp -s "$work/base.img" "$work/copy.img" || fail "cp made a different file"
-    rm -f "$work/copy.img"; sync
-done
-openssl_mbs() {  # $@ extra openssl speed args → MB/s on 4 KiB blocks (the 16384-byte column scaled alike)
-    openssl speed -evp aes-256-xts -bytes 4096 -seconds 2 "$@" 2>/dev/null | awk '/^(evp|aes-256-xts|AES-256-XTS)/ {v=$NF} END {sub("k","",v); printf "%.0f", v * 1000 / 1e6}'
-}
-ossl_one=$(openssl_mbs)
-ossl_all=$(openssl_mbs -multi "$(nproc)")
-[ "${ossl_one:-0}" -gt 0 ] || fail "openssl speed gave no number"
-printf 'openssl 1 core\topenssl\t0\t0\t%s\n' "$ossl_one" >> "$results"
-printf 'openssl %s cores\topenssl\t0\t0\t%s\n' "$(nproc)" "$ossl_all" >> "$results"
+if whole; then
+    for i in $(seq "$rounds"); do
+        measure "cp+fsync ${mib}M" cp $((mib << 20)) bash -c "cp --sparse=never '$work/base.img' '$work/copy.img' && sync '$work/copy.img'"
+        cmp -s "$work/base.img" "$work/copy.img" || fail "cp made a different file"
+        rm -f "$work/copy.img"; sync
+    done
+    openssl_mbs() {  # $@ extra openssl speed args → MB/s on 4 KiB blocks (the 16384-byte column scaled alike)
+        openssl speed -evp aes-256-xts -bytes 4096 -seconds 2 "$@" 2>/dev/null | awk '/^(evp|aes-256-xts|AES-256-XTS)/ {v=$NF} END {sub("k","",v); printf "%.0f", v * 1000 / 1e6}'
+    }
+    ossl_one=$(openssl_mbs)
+    ossl_all=$(openssl_mbs -multi "$(nproc)")
+    [ "${ossl_one:-0}" -gt 0 ] || fail "openssl speed gave no number"
+    printf 'openssl 1 core\topenssl\t0\t0\t%s\n' "$ossl_one" >> "$results"
+    printf 'openssl %s cores\topenssl\t0\t0\t%s\n' "$(nproc)" "$ossl_all" >> "$results"
 
-if [ "$big_mib" -gt 0 ]; then
-    rm -f "$work/base.img" "$work/master.img"
-    stamp_case "stamp 1x${big_mib}M" "$big_mib" 1 "$big_rounds"
-    seal_case "seal ${big_mib}M" "$big_mib" "$big_rounds"
+    if [ "$big_mib" -gt 0 ]; then
+        rm -f "$work/base.img" "$work/master.img"
+        stamp_case "stamp 1x${big_mib}M" "$big_mib" 1 "$big_rounds"
+        seal_case "seal ${big_mib}M" "$big_mib" "$big_rounds"
+    fi
 fi
 
 /usr/bin/python3 "$here/report.py" "$results" "$mib" "$count" "$big_mib" "$(nproc)" ${json_out:+"$json_out"}
