@@ -9,6 +9,43 @@ import statistics
 import sys
 
 
+def sparse_goal(mib, seconds, runs, goal, info):
+    """Issue 12: a sparse base costs time in proportion to its allocated data.
+
+    bench.sh stamps one instance each from an empty base (LUKS2 header only), a sparse one and a dense one. The
+    empty one's time is the fixed per-instance cost (start-up, header, Tang binding and proof, ledger, fsync,
+    rename), which has nothing to do with data and, at ~0.14 s against ~0.06 s for the sparse base's ~100 MiB,
+    would dominate a plain time ratio. So the goal sets it aside on both sides:
+    ((t_sparse - t_empty) / (t_dense - t_empty)) / ((a_sparse - a_empty) / (a_dense - a_empty)), 1.0 = exactly in
+    proportion. The raw (t_sparse / t_dense) / (a_sparse / size) is kept as information, and is the goal for
+    results without the empty case (older runs), named so.
+    """
+    def case(kind):
+        key = ("stamp 1x%dM %s" % (mib, kind), "luksforge")
+        return seconds(*key), (runs[key][0][2] if key in runs else None)
+
+    (t_empty, a_empty), (t_sparse, a_sparse), (t_dense, a_dense) = case("empty"), case("sparse"), case("dense")
+    if not (t_sparse and t_dense and a_sparse):
+        return
+    a_dense = a_dense or mib << 20
+    share = a_sparse / (mib << 20)
+    raw = round((t_sparse / t_dense) / share, 2)
+    info.append({"name": "sparse stamp (%.0f%% allocated): raw time share / allocated share (fixed cost included)"
+                 % (100 * share), "value": raw, "unit": ""})
+    if t_empty is not None and a_empty is not None and t_dense > t_empty and a_sparse > a_empty and a_dense > a_empty:
+        info.append({"name": "stamp 1x%dM from an empty base (header only): fixed per-instance cost" % mib,
+                     "value": t_empty, "unit": "s"})
+        data_share = (a_sparse - a_empty) / (a_dense - a_empty)
+        # below t_empty (noise on a small sparse base) the data time share is negative: in proportion or better
+        value = ((t_sparse - t_empty) / (t_dense - t_empty)) / data_share
+        goal("sparse stamp (%.0f%% allocated, %.0f%% of the data): data time share / allocated share <= 2 "
+             "(fixed cost %.2f s per instance set aside)" % (100 * share, 100 * data_share, t_empty),
+             round(value, 2), 2.0, at_most=True)
+    else:
+        goal("sparse stamp (%.0f%% allocated): raw time share / allocated share <= 2 (no usable empty-base case: "
+             "fixed cost included)" % (100 * share), raw, 2.0, at_most=True)
+
+
 def main():
     path, mib, count, big_mib, cpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     json_out = sys.argv[6] if len(sys.argv) > 6 else None
@@ -69,6 +106,7 @@ def main():
     stamp = "stamp %dx%dM" % (count, mib)
     cp = "cp+fsync %dM" % mib
     goals = []
+    info = []  # numbers beside the goals, to read them by (no target)
 
     def goal(name, value, target, at_most=False):
         met = value is not None and (value <= target if at_most else value >= target)
@@ -82,13 +120,7 @@ def main():
     stamp_mbs = cases.get(stamp, {}).get("luksforge", {}).get("mb_per_s")
     cp_mbs = cases.get(cp, {}).get("cp", {}).get("mb_per_s")
     goal("stamp >= 80% of cp + fsync speed", round(stamp_mbs / cp_mbs, 2) if stamp_mbs and cp_mbs else None, 0.8)
-    sparse, dense = seconds("stamp 1x%dM sparse" % mib, "luksforge"), seconds("stamp 1x%dM dense" % mib, "luksforge")
-    sparse_bytes = runs.get(("stamp 1x%dM sparse" % mib, "luksforge"), [(0, 0, 0)])[0][2]
-    if sparse and dense and sparse_bytes:
-        # (time share) / (allocated share): 1.0 = exactly in proportion; fixed costs (header, Tang) push it up
-        share = sparse_bytes / (mib << 20)
-        goal("sparse stamp (%.0f%% allocated): time share / allocated share <= 2" % (100 * share),
-             round((sparse / dense) / share, 2), 2.0, at_most=True)
+    sparse_goal(mib, seconds, runs, goal, info)
     peak = max((t["peak_rss_mib"] for c in cases.values() for tool, t in c.items() if tool.startswith("luksforge")),
                default=None)
     goals.append({"goal": "peak RSS < 100 MiB (every luksforge command)", "value": peak, "target": 100,
@@ -98,10 +130,18 @@ def main():
     print("| goal | value | target | met |")
     print("|---|---|---|---|")
     for g in goals:
-        print("| %s | %s | %s | %s |" % (g["goal"], g["value"], g["target"], "yes" if g["met"] else "NO"))
+        print("| %s | %s | %s | %s |" % (g["goal"], "not measured" if g["value"] is None else g["value"], g["target"],
+                                        "yes" if g["met"] else "NO"))
+    if info:
+        print()
+        print("| information | value |")
+        print("|---|---|")
+        for i in info:
+            print("| %s | %s |" % (i["name"], ("%s %s" % (i["value"], i["unit"])).strip()))
 
     report = {"cpus": cpus, "image_mib": mib, "stamp_count": count, "big_mib": big_mib, "cases": cases,
-              "openssl_mb_per_s": openssl, "goals": goals}
+              "openssl_mb_per_s": openssl, "goals": goals,
+              "info": info}
     text = json.dumps(report, indent=2)
     if json_out:
         with open(json_out, "w") as f:
