@@ -624,6 +624,9 @@ TEST_CASE("the handler needs no tpm2-tss; sss over tang and tpm2 opens through t
     REQUIRE(needed.exit_code == 0);
     CHECK(needed.out.find("(NEEDED)") != std::string::npos);
     CHECK_MESSAGE(needed.out.find("libtss2") == std::string::npos, needed.out);
+    // libluksforge loads libcurl on first use; the handler must name it, or ldd-following initramfs builders
+    // (dracut's inst_library, initramfs-tools' copy_exec) would leave it out and Tang could not be reached.
+    CHECK_MESSAGE(needed.out.find("[libcurl.so.4]") != std::string::npos, needed.out);
 
     HandlerDir handler;
     SoftwareTpm tpm;
