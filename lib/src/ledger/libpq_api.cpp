@@ -11,22 +11,9 @@ LibpqApi load_libpq() {
     // libpq's ABI has been .so.5 since PostgreSQL 8.0 (2005).
     static const DynamicLibrary library("libpq.so.5", "a PostgreSQL ledger");
     LibpqApi api{};
-    library.bind(api.conninfoParse, "PQconninfoParse");
-    library.bind(api.conninfoFree, "PQconninfoFree");
-    library.bind(api.freemem, "PQfreemem");
-    library.bind(api.connectdbParams, "PQconnectdbParams");
-    library.bind(api.status, "PQstatus");
-    library.bind(api.setNoticeProcessor, "PQsetNoticeProcessor");
-    library.bind(api.finish, "PQfinish");
-    library.bind(api.errorMessage, "PQerrorMessage");
-    library.bind(api.exec, "PQexec");
-    library.bind(api.execParams, "PQexecParams");
-    library.bind(api.resultStatus, "PQresultStatus");
-    library.bind(api.resultErrorField, "PQresultErrorField");
-    library.bind(api.ntuples, "PQntuples");
-    library.bind(api.getvalue, "PQgetvalue");
-    library.bind(api.getisnull, "PQgetisnull");
-    library.bind(api.clear, "PQclear");
+#define LUKSFORGE_BIND_ENTRY(member, symbol) library.bind(api.member, #symbol);
+    LUKSFORGE_LIBPQ_ENTRY_POINTS(LUKSFORGE_BIND_ENTRY)
+#undef LUKSFORGE_BIND_ENTRY
     return api;
 }
 

@@ -6,23 +6,29 @@
 
 namespace luksforge::detail {
 
+// X(member, symbol) for every libpq function luksforge calls: libpq().exec(...) is PQexec(...).
+#define LUKSFORGE_LIBPQ_ENTRY_POINTS(X)                                                                 \
+    X(conninfoParse, PQconninfoParse)                                                                   \
+    X(conninfoFree, PQconninfoFree)                                                                     \
+    X(freemem, PQfreemem)                                                                               \
+    X(connectdbParams, PQconnectdbParams)                                                               \
+    X(status, PQstatus)                                                                                 \
+    X(setNoticeProcessor, PQsetNoticeProcessor)                                                         \
+    X(finish, PQfinish)                                                                                 \
+    X(errorMessage, PQerrorMessage)                                                                     \
+    X(exec, PQexec)                                                                                     \
+    X(execParams, PQexecParams)                                                                         \
+    X(resultStatus, PQresultStatus)                                                                     \
+    X(resultErrorField, PQresultErrorField)                                                             \
+    X(ntuples, PQntuples)                                                                               \
+    X(getvalue, PQgetvalue)                                                                             \
+    X(getisnull, PQgetisnull)                                                                           \
+    X(clear, PQclear)
+
 struct LibpqApi {
-    decltype(&::PQconninfoParse) conninfoParse;
-    decltype(&::PQconninfoFree) conninfoFree;
-    decltype(&::PQfreemem) freemem;
-    decltype(&::PQconnectdbParams) connectdbParams;
-    decltype(&::PQstatus) status;
-    decltype(&::PQsetNoticeProcessor) setNoticeProcessor;
-    decltype(&::PQfinish) finish;
-    decltype(&::PQerrorMessage) errorMessage;
-    decltype(&::PQexec) exec;
-    decltype(&::PQexecParams) execParams;
-    decltype(&::PQresultStatus) resultStatus;
-    decltype(&::PQresultErrorField) resultErrorField;
-    decltype(&::PQntuples) ntuples;
-    decltype(&::PQgetvalue) getvalue;
-    decltype(&::PQgetisnull) getisnull;
-    decltype(&::PQclear) clear;
+#define LUKSFORGE_DECLARE_ENTRY(member, symbol) decltype(&::symbol) member;
+    LUKSFORGE_LIBPQ_ENTRY_POINTS(LUKSFORGE_DECLARE_ENTRY)
+#undef LUKSFORGE_DECLARE_ENTRY
 };
 
 // The table, loading libpq.so.5 on the first call (thread-safe); throws luksforge::Error (ELIBACC) when it

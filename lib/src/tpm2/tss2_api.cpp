@@ -14,26 +14,9 @@ Tss2Api load_tss2() {
     static const DynamicLibrary tctildr("libtss2-tctildr.so.0", "the tpm2 pin (tpm2-tss TCTI loader)");
     static const DynamicLibrary rc("libtss2-rc.so.0", "the tpm2 pin (tpm2-tss response codes)");
     Tss2Api api{};
-    esys.bind(api.Esys_Create, "Esys_Create");
-    esys.bind(api.Esys_CreatePrimary, "Esys_CreatePrimary");
-    esys.bind(api.Esys_Finalize, "Esys_Finalize");
-    esys.bind(api.Esys_FlushContext, "Esys_FlushContext");
-    esys.bind(api.Esys_Free, "Esys_Free");
-    esys.bind(api.Esys_Initialize, "Esys_Initialize");
-    esys.bind(api.Esys_Load, "Esys_Load");
-    esys.bind(api.Esys_PCR_Read, "Esys_PCR_Read");
-    esys.bind(api.Esys_PolicyGetDigest, "Esys_PolicyGetDigest");
-    esys.bind(api.Esys_PolicyPCR, "Esys_PolicyPCR");
-    esys.bind(api.Esys_StartAuthSession, "Esys_StartAuthSession");
-    esys.bind(api.Esys_TRSess_SetAttributes, "Esys_TRSess_SetAttributes");
-    esys.bind(api.Esys_Unseal, "Esys_Unseal");
-    mu.bind(api.Tss2_MU_TPM2B_PRIVATE_Marshal, "Tss2_MU_TPM2B_PRIVATE_Marshal");
-    mu.bind(api.Tss2_MU_TPM2B_PRIVATE_Unmarshal, "Tss2_MU_TPM2B_PRIVATE_Unmarshal");
-    mu.bind(api.Tss2_MU_TPM2B_PUBLIC_Marshal, "Tss2_MU_TPM2B_PUBLIC_Marshal");
-    mu.bind(api.Tss2_MU_TPM2B_PUBLIC_Unmarshal, "Tss2_MU_TPM2B_PUBLIC_Unmarshal");
-    tctildr.bind(api.Tss2_TctiLdr_Initialize, "Tss2_TctiLdr_Initialize");
-    tctildr.bind(api.Tss2_TctiLdr_Finalize, "Tss2_TctiLdr_Finalize");
-    rc.bind(api.Tss2_RC_Decode, "Tss2_RC_Decode");
+#define LUKSFORGE_BIND_ENTRY(library, symbol) library.bind(api.symbol, #symbol);
+    LUKSFORGE_TSS2_ENTRY_POINTS(LUKSFORGE_BIND_ENTRY)
+#undef LUKSFORGE_BIND_ENTRY
     return api;
 }
 

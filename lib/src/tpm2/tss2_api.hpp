@@ -10,27 +10,33 @@
 
 namespace luksforge::detail {
 
+// X(library, symbol) for every tpm2-tss function luksforge calls; `library` names the one that has it.
+#define LUKSFORGE_TSS2_ENTRY_POINTS(X)                                                                  \
+    X(esys, Esys_Create)                                                                                \
+    X(esys, Esys_CreatePrimary)                                                                         \
+    X(esys, Esys_Finalize)                                                                              \
+    X(esys, Esys_FlushContext)                                                                          \
+    X(esys, Esys_Free)                                                                                  \
+    X(esys, Esys_Initialize)                                                                            \
+    X(esys, Esys_Load)                                                                                  \
+    X(esys, Esys_PCR_Read)                                                                              \
+    X(esys, Esys_PolicyGetDigest)                                                                       \
+    X(esys, Esys_PolicyPCR)                                                                             \
+    X(esys, Esys_StartAuthSession)                                                                      \
+    X(esys, Esys_TRSess_SetAttributes)                                                                  \
+    X(esys, Esys_Unseal)                                                                                \
+    X(mu, Tss2_MU_TPM2B_PRIVATE_Marshal)                                                                \
+    X(mu, Tss2_MU_TPM2B_PRIVATE_Unmarshal)                                                              \
+    X(mu, Tss2_MU_TPM2B_PUBLIC_Marshal)                                                                 \
+    X(mu, Tss2_MU_TPM2B_PUBLIC_Unmarshal)                                                               \
+    X(tctildr, Tss2_TctiLdr_Initialize)                                                                 \
+    X(tctildr, Tss2_TctiLdr_Finalize)                                                                   \
+    X(rc, Tss2_RC_Decode)
+
 struct Tss2Api {
-    decltype(&::Esys_Create) Esys_Create;
-    decltype(&::Esys_CreatePrimary) Esys_CreatePrimary;
-    decltype(&::Esys_Finalize) Esys_Finalize;
-    decltype(&::Esys_FlushContext) Esys_FlushContext;
-    decltype(&::Esys_Free) Esys_Free;
-    decltype(&::Esys_Initialize) Esys_Initialize;
-    decltype(&::Esys_Load) Esys_Load;
-    decltype(&::Esys_PCR_Read) Esys_PCR_Read;
-    decltype(&::Esys_PolicyGetDigest) Esys_PolicyGetDigest;
-    decltype(&::Esys_PolicyPCR) Esys_PolicyPCR;
-    decltype(&::Esys_StartAuthSession) Esys_StartAuthSession;
-    decltype(&::Esys_TRSess_SetAttributes) Esys_TRSess_SetAttributes;
-    decltype(&::Esys_Unseal) Esys_Unseal;
-    decltype(&::Tss2_MU_TPM2B_PRIVATE_Marshal) Tss2_MU_TPM2B_PRIVATE_Marshal;
-    decltype(&::Tss2_MU_TPM2B_PRIVATE_Unmarshal) Tss2_MU_TPM2B_PRIVATE_Unmarshal;
-    decltype(&::Tss2_MU_TPM2B_PUBLIC_Marshal) Tss2_MU_TPM2B_PUBLIC_Marshal;
-    decltype(&::Tss2_MU_TPM2B_PUBLIC_Unmarshal) Tss2_MU_TPM2B_PUBLIC_Unmarshal;
-    decltype(&::Tss2_TctiLdr_Initialize) Tss2_TctiLdr_Initialize;
-    decltype(&::Tss2_TctiLdr_Finalize) Tss2_TctiLdr_Finalize;
-    decltype(&::Tss2_RC_Decode) Tss2_RC_Decode;
+#define LUKSFORGE_DECLARE_ENTRY(library, symbol) decltype(&::symbol) symbol;
+    LUKSFORGE_TSS2_ENTRY_POINTS(LUKSFORGE_DECLARE_ENTRY)
+#undef LUKSFORGE_DECLARE_ENTRY
 };
 
 // The table, loading libtss2-esys, -mu, -tctildr and -rc (.so.0) on the first call (thread-safe); throws
