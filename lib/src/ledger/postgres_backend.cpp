@@ -223,8 +223,8 @@ private:
     ResultPtr run(const char* sql, std::initializer_list<std::string> params, const char* what) {
         std::vector<const char*> values;
         for (const std::string& p : params) values.push_back(p.c_str());
-        ResultPtr result(libpq().execParams(connection_.get(), sql, static_cast<int>(values.size()), nullptr, values.data(),
-                                      nullptr, nullptr, 0));
+        ResultPtr result(libpq().execParams(connection_.get(), sql, static_cast<int>(values.size()), nullptr,
+                                            values.data(), nullptr, nullptr, 0));
         const ExecStatusType status = result ? libpq().resultStatus(result.get()) : PGRES_FATAL_ERROR;
         if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) return result;
         std::string message = std::string(what) + " " + url_ + ": " + last_error();

@@ -102,9 +102,9 @@ Transient create_primary(const Esys& esys, const Tpm2Hash& hash, const std::stri
     const TPM2B_DATA outside_info{};
     const TPML_PCR_SELECTION creation_pcr{};
     ESYS_TR handle = ESYS_TR_NONE;
-    check_tss(tss2().Esys_CreatePrimary(esys.native_handle(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                 &sensitive, &in_public, &outside_info, &creation_pcr, &handle, nullptr, nullptr,
-                                 nullptr, nullptr),
+    check_tss(tss2().Esys_CreatePrimary(esys.native_handle(), ESYS_TR_RH_OWNER, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                        ESYS_TR_NONE, &sensitive, &in_public, &outside_info, &creation_pcr, &handle,
+                                        nullptr, nullptr, nullptr, nullptr),
               "tpm2: creating the primary key (owner hierarchy, " + std::string(hash.name) + ", " + key + ")");
     return Transient(esys.native_handle(), handle);
 }
@@ -113,12 +113,12 @@ Transient start_session(const Esys& esys, TPM2_SE type, const Tpm2Hash& hash) {
     const TPMT_SYM_DEF no_encryption{TPM2_ALG_NULL, {}, {}};
     ESYS_TR session = ESYS_TR_NONE;
     check_tss(tss2().Esys_StartAuthSession(esys.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                    ESYS_TR_NONE, nullptr, type, &no_encryption, hash.alg_id, &session),
+                                           ESYS_TR_NONE, nullptr, type, &no_encryption, hash.alg_id, &session),
               type == TPM2_SE_TRIAL ? "tpm2: starting a trial policy session" : "tpm2: starting a policy session");
     Transient owned(esys.native_handle(), session);
     // Kept open after each use, so it is flushed exactly once, by `owned`.
     check_tss(tss2().Esys_TRSess_SetAttributes(esys.native_handle(), session, TPMA_SESSION_CONTINUESESSION,
-                                        TPMA_SESSION_CONTINUESESSION),
+                                               TPMA_SESSION_CONTINUESESSION),
               "tpm2: setting the session's attributes");
     return owned;
 }
@@ -131,8 +131,8 @@ std::vector<std::uint8_t> read_pcrs(const Esys& esys, const Tpm2Hash& bank, cons
     for (std::size_t round = 0; round < pcrs.numbers.size(); ++round) {
         TPML_PCR_SELECTION* out_raw = nullptr;
         TPML_DIGEST* values_raw = nullptr;
-        check_tss(tss2().Esys_PCR_Read(esys.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &remaining, nullptr,
-                                &out_raw, &values_raw),
+        check_tss(tss2().Esys_PCR_Read(esys.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &remaining,
+                                       nullptr, &out_raw, &values_raw),
                   "tpm2: reading PCRs " + pcr_list(bank, pcrs));
         EsysPtr<TPML_PCR_SELECTION> out(out_raw);
         EsysPtr<TPML_DIGEST> digests(values_raw);
@@ -170,12 +170,12 @@ TPM2B_DIGEST pcr_policy_digest(const Esys& esys, const Tpm2Config& config) {
 
     Transient session = start_session(esys, TPM2_SE_TRIAL, config.hash);
     const TPML_PCR_SELECTION selection = pcr_selection(config.pcr_bank, config.pcrs);
-    check_tss(tss2().Esys_PolicyPCR(esys.native_handle(), session.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                             &pcr_digest, &selection),
+    check_tss(tss2().Esys_PolicyPCR(esys.native_handle(), session.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE,
+                                    ESYS_TR_NONE, &pcr_digest, &selection),
               "tpm2: building the PCR policy for " + pcr_list(config.pcr_bank, config.pcrs));
     TPM2B_DIGEST* digest_raw = nullptr;
     check_tss(tss2().Esys_PolicyGetDigest(esys.native_handle(), session.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE,
-                                   ESYS_TR_NONE, &digest_raw),
+                                          ESYS_TR_NONE, &digest_raw),
               "tpm2: reading the PCR policy digest");
     EsysPtr<TPM2B_DIGEST> digest(digest_raw);
     return *digest;
@@ -218,9 +218,9 @@ SealedBlobs create_sealed(const Esys& esys, const Transient& primary, const Tpm2
     const TPML_PCR_SELECTION creation_pcr{};
     TPM2B_PRIVATE* private_raw = nullptr;
     TPM2B_PUBLIC* public_raw = nullptr;
-    check_tss(tss2().Esys_Create(esys.native_handle(), primary.native_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                          &sensitive.value, &in_public, &outside_info, &creation_pcr, &private_raw, &public_raw,
-                          nullptr, nullptr, nullptr),
+    check_tss(tss2().Esys_Create(esys.native_handle(), primary.native_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                 ESYS_TR_NONE, &sensitive.value, &in_public, &outside_info, &creation_pcr, &private_raw,
+                                 &public_raw, nullptr, nullptr, nullptr),
               "tpm2: sealing the key in the TPM");
     EsysPtr<TPM2B_PRIVATE> out_private(private_raw);
     EsysPtr<TPM2B_PUBLIC> out_public(public_raw);
@@ -241,16 +241,20 @@ T unmarshal(const std::vector<std::uint8_t>& bytes, Unmarshal unmarshal_fn, std:
 // tpm2_load + tpm2_unseal [-p pcr:BANK:IDS]: the sealed data, through a policy session that asserts the PCRs'
 // current values when the object is bound to PCRs.
 SecretBuffer unseal(const Esys& esys, const Transient& primary, const Tpm2Jwe& jwe) {
-    const TPM2B_PUBLIC in_public = unmarshal<TPM2B_PUBLIC>(jwe.jwk_pub, tss2().Tss2_MU_TPM2B_PUBLIC_Unmarshal, "jwk_pub");
-    const TPM2B_PRIVATE in_private = unmarshal<TPM2B_PRIVATE>(jwe.jwk_priv, tss2().Tss2_MU_TPM2B_PRIVATE_Unmarshal, "jwk_priv");
+    const TPM2B_PUBLIC in_public =
+        unmarshal<TPM2B_PUBLIC>(jwe.jwk_pub, tss2().Tss2_MU_TPM2B_PUBLIC_Unmarshal, "jwk_pub");
+    const TPM2B_PRIVATE in_private =
+        unmarshal<TPM2B_PRIVATE>(jwe.jwk_priv, tss2().Tss2_MU_TPM2B_PRIVATE_Unmarshal, "jwk_priv");
     ESYS_TR object_handle = ESYS_TR_NONE;
-    const TSS2_RC loaded = tss2().Esys_Load(esys.native_handle(), primary.native_handle(), ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                                     ESYS_TR_NONE, &in_private, &in_public, &object_handle);
+    const TSS2_RC loaded = tss2().Esys_Load(esys.native_handle(), primary.native_handle(), ESYS_TR_PASSWORD,
+                                            ESYS_TR_NONE, ESYS_TR_NONE, &in_private, &in_public, &object_handle);
     if (loaded != TSS2_RC_SUCCESS) {
         const TSS2_RC number = tpm_error_number(loaded);
         if (number != 0 && number != TPM2_RC_OBJECT_MEMORY && number != TPM2_RC_SESSION_MEMORY)
-            throw AuthError("tpm2: this TPM cannot load the sealed key: it was made by another TPM, or the owner "
-                            "hierarchy was cleared since (" + std::string(tss2().Tss2_RC_Decode(loaded)) + ")");
+            throw AuthError(
+                "tpm2: this TPM cannot load the sealed key: it was made by another TPM, or the owner "
+                "hierarchy was cleared since (" +
+                std::string(tss2().Tss2_RC_Decode(loaded)) + ")");
         throw_tss(loaded, "tpm2: loading the sealed key");
     }
     const Transient object(esys.native_handle(), object_handle);
@@ -262,13 +266,13 @@ SecretBuffer unseal(const Esys& esys, const Transient& primary, const Tpm2Jwe& j
         const TPML_PCR_SELECTION selection = pcr_selection(jwe.pcr_bank, jwe.pcrs);
         const TPM2B_DIGEST current{};  // empty: the TPM uses the PCRs' current values
         check_tss(tss2().Esys_PolicyPCR(esys.native_handle(), session.native_handle(), ESYS_TR_NONE, ESYS_TR_NONE,
-                                 ESYS_TR_NONE, &current, &selection),
+                                        ESYS_TR_NONE, &current, &selection),
                   "tpm2: asserting PCRs " + pcr_list(jwe.pcr_bank, jwe.pcrs));
         auth = session.native_handle();
     }
     TPM2B_SENSITIVE_DATA* data_raw = nullptr;
-    const TSS2_RC rc = tss2().Esys_Unseal(esys.native_handle(), object.native_handle(), auth, ESYS_TR_NONE, ESYS_TR_NONE,
-                                   &data_raw);
+    const TSS2_RC rc =
+        tss2().Esys_Unseal(esys.native_handle(), object.native_handle(), auth, ESYS_TR_NONE, ESYS_TR_NONE, &data_raw);
     EsysSecretPtr<TPM2B_SENSITIVE_DATA> data(data_raw);
     if (rc != TSS2_RC_SUCCESS) {
         if (!jwe.pcrs.empty() && tpm_error_number(rc) == TPM2_RC_POLICY_FAIL)

@@ -105,7 +105,8 @@ void global_curl_init() {
     static std::once_flag once;
     static CURLcode status = CURLE_OK;
     std::call_once(once, [] { status = detail::curl().global_init(CURL_GLOBAL_DEFAULT); });
-    if (status != CURLE_OK) throw TangError(std::string("cannot initialise libcurl: ") + detail::curl().easy_strerror(status));
+    if (status != CURLE_OK)
+        throw TangError(std::string("cannot initialise libcurl: ") + detail::curl().easy_strerror(status));
 }
 
 struct CurlDeleter {
@@ -173,42 +174,43 @@ struct Client::Impl {
     };
 
     Response perform(const std::string& target, const std::string* post_body, const char* content_type) {
+        const detail::CurlApi& http = detail::curl();
         CURL* handle = curl.get();
-        detail::curl().easy_reset(handle);
+        http.easy_reset(handle);
         Transfer transfer;
         transfer.max_bytes = options.max_response_bytes;
         transfer.cancel = options.cancel.get();
         char error_buffer[CURL_ERROR_SIZE] = {};
 
         std::unique_ptr<curl_slist, SlistDeleter> headers;
-        detail::curl().easy_setopt(handle, CURLOPT_URL, target.c_str());
-        detail::curl().easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
-        detail::curl().easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-        detail::curl().easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: safe in threads (sss)
-        detail::curl().easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, options.connect_timeout_ms);
-        detail::curl().easy_setopt(handle, CURLOPT_TIMEOUT_MS, options.total_timeout_ms);
-        detail::curl().easy_setopt(handle, CURLOPT_FOLLOWLOCATION, options.follow_redirects ? 1L : 0L);
-        detail::curl().easy_setopt(handle, CURLOPT_MAXREDIRS, 3L);
-        detail::curl().easy_setopt(handle, CURLOPT_ERRORBUFFER, error_buffer);
-        detail::curl().easy_setopt(handle, CURLOPT_WRITEFUNCTION, &on_body);
-        detail::curl().easy_setopt(handle, CURLOPT_WRITEDATA, &transfer);
-        detail::curl().easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, &on_progress);
-        detail::curl().easy_setopt(handle, CURLOPT_XFERINFODATA, &transfer);
-        detail::curl().easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
-        detail::curl().easy_setopt(handle, CURLOPT_USERAGENT, "luksforge");
+        http.easy_setopt(handle, CURLOPT_URL, target.c_str());
+        http.easy_setopt(handle, CURLOPT_PROTOCOLS_STR, "http,https");
+        http.easy_setopt(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        http.easy_setopt(handle, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: safe in threads (sss)
+        http.easy_setopt(handle, CURLOPT_CONNECTTIMEOUT_MS, options.connect_timeout_ms);
+        http.easy_setopt(handle, CURLOPT_TIMEOUT_MS, options.total_timeout_ms);
+        http.easy_setopt(handle, CURLOPT_FOLLOWLOCATION, options.follow_redirects ? 1L : 0L);
+        http.easy_setopt(handle, CURLOPT_MAXREDIRS, 3L);
+        http.easy_setopt(handle, CURLOPT_ERRORBUFFER, error_buffer);
+        http.easy_setopt(handle, CURLOPT_WRITEFUNCTION, &on_body);
+        http.easy_setopt(handle, CURLOPT_WRITEDATA, &transfer);
+        http.easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, &on_progress);
+        http.easy_setopt(handle, CURLOPT_XFERINFODATA, &transfer);
+        http.easy_setopt(handle, CURLOPT_NOPROGRESS, 0L);
+        http.easy_setopt(handle, CURLOPT_USERAGENT, "luksforge");
         if (options.max_response_bytes > 0)
-            detail::curl().easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_response_bytes));
+            http.easy_setopt(handle, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options.max_response_bytes));
         if (post_body != nullptr) {
-            headers.reset(detail::curl().slist_append(nullptr, (std::string("Content-Type: ") + content_type).c_str()));
-            detail::curl().easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
-            detail::curl().easy_setopt(handle, CURLOPT_POSTFIELDS, post_body->c_str());
-            detail::curl().easy_setopt(handle, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post_body->size()));
+            headers.reset(http.slist_append(nullptr, (std::string("Content-Type: ") + content_type).c_str()));
+            http.easy_setopt(handle, CURLOPT_HTTPHEADER, headers.get());
+            http.easy_setopt(handle, CURLOPT_POSTFIELDS, post_body->c_str());
+            http.easy_setopt(handle, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(post_body->size()));
         }
 
-        const CURLcode rc = detail::curl().easy_perform(handle);
-        detail::curl().easy_setopt(handle, CURLOPT_ERRORBUFFER, nullptr);
+        const CURLcode rc = http.easy_perform(handle);
+        http.easy_setopt(handle, CURLOPT_ERRORBUFFER, nullptr);
         const std::string where = (post_body ? "POST " : "GET ") + detail::excerpt(target, 300);
-        const std::string detail = error_buffer[0] ? std::string(error_buffer) : detail::curl().easy_strerror(rc);
+        const std::string detail = error_buffer[0] ? std::string(error_buffer) : http.easy_strerror(rc);
         switch (rc) {
         case CURLE_OK:
             break;
@@ -239,14 +241,14 @@ struct Client::Impl {
         }
 
         Response response;
-        detail::curl().easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response.status);
+        http.easy_getinfo(handle, CURLINFO_RESPONSE_CODE, &response.status);
         char* type = nullptr;
-        if (detail::curl().easy_getinfo(handle, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type != nullptr)
+        if (http.easy_getinfo(handle, CURLINFO_CONTENT_TYPE, &type) == CURLE_OK && type != nullptr)
             response.content_type = type;
         response.body = std::move(transfer.body);
         if (response.status >= 300 && response.status < 400) {
             char* location = nullptr;
-            detail::curl().easy_getinfo(handle, CURLINFO_REDIRECT_URL, &location);
+            http.easy_getinfo(handle, CURLINFO_REDIRECT_URL, &location);
             throw TangError("Tang server redirected (HTTP " + std::to_string(response.status) + ") " + where +
                                 (location ? std::string(" to ") + location : std::string()) +
                                 "; redirects are not followed",
