@@ -9,7 +9,7 @@ namespace {
 
 LibpqApi load_libpq() {
     // libpq's ABI has been .so.5 since PostgreSQL 8.0 (2005).
-    static const DynamicLibrary library("libpq.so.5", "a PostgreSQL ledger");
+    const DynamicLibrary library("libpq.so.5", "a PostgreSQL ledger");
     LibpqApi api{};
 #define LUKSFORGE_BIND_ENTRY(member, symbol) library.bind(api.member, #symbol);
     LUKSFORGE_LIBPQ_ENTRY_POINTS(LUKSFORGE_BIND_ENTRY)

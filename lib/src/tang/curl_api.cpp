@@ -20,7 +20,7 @@ CurlApi load_curl() {
 #else
 CurlApi load_curl() {
     // libcurl's ABI has been .so.4 since 2006 (curl 7.16), on every distribution luksforge builds for.
-    static const DynamicLibrary library("libcurl.so.4", "talking to a Tang server (HTTP)");
+    const DynamicLibrary library("libcurl.so.4", "talking to a Tang server (HTTP)");
     CurlApi api{};
 #define LUKSFORGE_BIND_ENTRY(member, symbol) library.bind(api.member, #symbol);
     LUKSFORGE_CURL_ENTRY_POINTS(LUKSFORGE_BIND_ENTRY)

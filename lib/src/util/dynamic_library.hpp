@@ -21,8 +21,9 @@ public:
     // Loads `soname` (RTLD_NOW | RTLD_LOCAL). Throws luksforge::Error (ELIBACC) naming `purpose`, the soname
     // and the loader's reason when it is not installed or not loadable.
     DynamicLibrary(const char* soname, std::string_view purpose);
-    // The library stays loaded for the life of the process (no dlclose): the tables that point into it are
-    // process-wide, and libcurl and libpq keep their own global state.
+    // The library stays loaded for the life of the process (no dlclose), so an object is needed only while
+    // the entry points are bound: the tables that point into it are process-wide, and libcurl and libpq keep
+    // their own global state.
     ~DynamicLibrary() = default;
     DynamicLibrary(const DynamicLibrary&) = delete;
     DynamicLibrary& operator=(const DynamicLibrary&) = delete;
@@ -33,8 +34,6 @@ public:
     void bind(Fn*& entry, const char* name) const {
         entry = reinterpret_cast<Fn*>(symbol(name));
     }
-
-    const std::string& soname() const noexcept { return soname_; }
 
 private:
     void* symbol(const char* name) const;
